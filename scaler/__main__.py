@@ -1,0 +1,4 @@
+from scaler.cli import main
+import sys
+
+sys.exit(main())

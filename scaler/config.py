@@ -1,0 +1,222 @@
+"""The one typed configuration of pdscaler (pydantic), with the published figures as defaults.
+
+Every field is documented here and in the commented example (`pdscaler config example`, the file
+scaler/data/config.example.yaml). An invalid file fails at start-up with pydantic's error: the path
+of the offending field and the value that was given.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number (seconds) or a string such as "90s", "5m", "1.5h", "250ms"."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '90s', '5m'")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNIT_S[m.group(2)]
+    raise ValueError(f"invalid duration {value!r}: use seconds or a string like '90s', '5m', '1h'")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PrefillCapacity(_Model):
+    """What one prefill replica serves. Defaults: Dynamo's SLA-planner profile (H200, Llama-3.1-8B-FP8:
+    40k prefill tokens/s per GPU at 80 ms TTFT)."""
+
+    tokens_per_s: float = Field(40_000, gt=0, description="prefill tokens/s one replica sustains at the TTFT target")
+    target_utilization: float = Field(0.8, gt=0, le=1, description="plan to use at most this share of it")
+    backlog_drain: Duration = Field(30.0, gt=0, description="queued prefill tokens must drain within this time")
+
+
+class DecodeCapacity(_Model):
+    """What one decode replica serves. Defaults: Dynamo's SLA-planner profile (10k decode tokens/s per
+    GPU at 10 ms ITL) and the KV cache of an H200 serving Llama-3.1-8B (about 900k tokens)."""
+
+    tokens_per_s: float = Field(10_000, gt=0, description="decode tokens/s one replica sustains at the ITL target")
+    kv_tokens: float = Field(896_000, gt=0, description="KV-cache capacity of one replica, in tokens")
+    target_utilization: float = Field(0.8, gt=0, le=1, description="plan to fill at most this share of KV and throughput")
+
+
+class RoleConfig(_Model):
+    """One scaled role of a serving graph (a DGD service behind a scaling adapter)."""
+
+    kind: Literal["prefill", "decode"] = Field(description="which capacity rule sizes this role")
+    min_replicas: int = Field(1, ge=0, description="floor; also the answer before any data arrives")
+    max_replicas: int = Field(16, ge=1, description="ceiling")
+    gpus_per_replica: int = Field(1, ge=1)
+    component: str | None = Field(
+        None, description="the worker's dynamo_component label (e.g. VllmDecodeWorker); default: any"
+    )
+    prefill: PrefillCapacity = PrefillCapacity()
+    decode: DecodeCapacity = DecodeCapacity()
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "RoleConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        return self
+
+
+class GraphConfig(_Model):
+    """A serving graph (a DynamoGraphDeployment) and the roles pdscaler sizes for it."""
+
+    namespace: str | None = Field(
+        None, description="Kubernetes namespace; None matches a ScaledObject in any namespace"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="label matchers selecting this graph's series in Prometheus "
+        '(default: dynamo_namespace="<namespace>-<graph>")',
+    )
+    roles: dict[Name, RoleConfig]
+
+    @field_validator("roles")
+    @classmethod
+    def _some_roles(cls, roles: dict[str, RoleConfig]) -> dict[str, RoleConfig]:
+        if not roles:
+            raise ValueError("a graph needs at least one role")
+        return roles
+
+
+def _known_metric_keys(names: dict[str, str]) -> dict[str, str]:
+    from scaler.signals import DEFAULT_METRIC_NAMES
+
+    unknown = sorted(set(names) - set(DEFAULT_METRIC_NAMES))
+    if unknown:
+        raise ValueError(f"unknown metric keys {unknown}; known keys: {sorted(DEFAULT_METRIC_NAMES)}")
+    return names
+
+
+def _known_signal_keys(queries: dict[str, str]) -> dict[str, str]:
+    from scaler.signals import SIGNALS
+
+    known = sorted({s.name for s in SIGNALS})
+    unknown = sorted(set(queries) - set(known))
+    if unknown:
+        raise ValueError(f"unknown signals {unknown}; known signals: {known}")
+    return queries
+
+
+MetricNames = Annotated[dict[str, str], AfterValidator(_known_metric_keys)]
+
+
+class PrometheusSourceConfig(_Model):
+    kind: Literal["prometheus"] = "prometheus"
+    url: str = Field("http://prometheus-operated.monitoring:9090", description="Prometheus base URL")
+    timeout: Duration = Field(2.0, gt=0, description="per-query timeout")
+    rate_window: Duration = Field(60.0, gt=0, description="window of rate() and histogram_quantile()")
+    metric_names: MetricNames = Field(
+        default_factory=dict, description="override Dynamo metric names (keys: see scaler/signals.py)"
+    )
+    queries: Annotated[dict[str, str], AfterValidator(_known_signal_keys)] = Field(
+        default_factory=dict, description="replace whole PromQL templates per signal (see scaler/signals.py)"
+    )
+
+
+class ScrapeSourceConfig(_Model):
+    kind: Literal["scrape"] = "scrape"
+    targets: dict[str, list[str]] = Field(description="graph name -> /metrics URLs of its frontend and workers")
+    timeout: Duration = Field(2.0, gt=0)
+    rate_window: Duration = Field(60.0, gt=0)
+    metric_names: MetricNames = Field(default_factory=dict)
+
+
+class ScalerConfig(_Model):
+    """The whole configuration of one pdscaler process."""
+
+    poll_interval: Duration = Field(15.0, gt=0, description="how often metrics are read and decisions recomputed")
+    stale_after: Duration = Field(
+        90.0, gt=0, description="an observation older than this is stale: hold, never scale down on it"
+    )
+    source: PrometheusSourceConfig | ScrapeSourceConfig = Field(
+        default_factory=PrometheusSourceConfig, discriminator="kind"
+    )
+    graphs: dict[Name, GraphConfig]
+
+    @field_validator("graphs")
+    @classmethod
+    def _some_graphs(cls, graphs: dict[str, GraphConfig]) -> dict[str, GraphConfig]:
+        if not graphs:
+            raise ValueError("configure at least one serving graph")
+        return graphs
+
+    @model_validator(mode="after")
+    def _scrape_targets_name_graphs(self) -> "ScalerConfig":
+        if isinstance(self.source, ScrapeSourceConfig):
+            unknown = sorted(set(self.source.targets) - set(self.graphs))
+            if unknown:
+                raise ValueError(f"source.targets names unknown graphs {unknown}; graphs are {sorted(self.graphs)}")
+        return self
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message says where and why."""
+
+
+def load_config(path: str | Path) -> ScalerConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> ScalerConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return ScalerConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: invalid config\n{format_validation_error(e)}") from e
+
+
+def format_validation_error(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        given = err.get("input")
+        shown = repr(given) if not isinstance(given, dict) else "{...}"
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"  {where}: {err['msg']} (given: {shown})")
+    return "\n".join(lines)
+
+
+def example_config_text() -> str:
+    """The complete, commented example printed by `pdscaler config example`."""
+    return resources.files("scaler").joinpath("data/config.example.yaml").read_text()

@@ -1,0 +1,60 @@
+"""What the engine decides for a serving graph, and why.
+
+A Decision holds one RoleDecision per role. Each carries its Reason: the rule that bound the target,
+a sentence for a person, the inputs it used and the capacity figures it computed. The same object
+feeds the gRPC answers, the logs, the scaler's metrics and `pdscaler explain`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Reason:
+    rule: str  # the rule that bound the target, e.g. "capacity", "min_replicas", "stale-data"
+    message: str  # one line for a person
+    inputs: Mapping[str, float] = field(default_factory=dict)  # signal values used
+    figures: Mapping[str, float] = field(default_factory=dict)  # demand, capacity per replica, raw need
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.message}"
+
+
+@dataclass(frozen=True)
+class RoleDecision:
+    role: str
+    kind: str
+    replicas: int
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class Decision:
+    graph: str
+    at: float  # when it was decided (the injected clock's time)
+    roles: Mapping[str, RoleDecision]
+    data_at: float | None = None  # timestamp of the observation it used, if any
+    notes: tuple[str, ...] = ()  # problems with the data (dropped values, source errors)
+
+    @property
+    def replicas(self) -> dict[str, int]:
+        return {r: d.replicas for r, d in self.roles.items()}
+
+    @property
+    def reasons(self) -> dict[str, Reason]:
+        return {r: d.reason for r, d in self.roles.items()}
+
+    def explain(self) -> str:
+        """A multi-line, human-readable account of the decision."""
+        lines = [f"graph {self.graph} at t={self.at:.1f}" + (f" (data from t={self.data_at:.1f})" if self.data_at is not None else " (no data)")]
+        for role, d in self.roles.items():
+            lines.append(f"  {role} ({d.kind}): {d.replicas} replicas - {d.reason}")
+            if d.reason.inputs:
+                lines.append("    inputs:  " + ", ".join(f"{k}={v:.4g}" for k, v in d.reason.inputs.items()))
+            if d.reason.figures:
+                lines.append("    figures: " + ", ".join(f"{k}={v:.4g}" for k, v in d.reason.figures.items()))
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        return "\n".join(lines)

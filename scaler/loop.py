@@ -1,0 +1,93 @@
+"""The background decision loop: poll the metrics source, feed the engine, publish decisions.
+
+This is the imperative shell around the pure Engine. It runs in its own thread so that a slow
+Prometheus or a model fit never delays a gRPC answer: the server only reads the DecisionStore.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from scaler.clock import Clock
+from scaler.decision import Decision
+from scaler.engine import Engine
+from scaler.observation import Observation
+from scaler.sources import MetricsSource
+from scaler.store import DecisionStore
+
+log = logging.getLogger("pdscaler.loop")
+
+
+class DecisionLoop:
+    def __init__(self, engine: Engine, source: MetricsSource, store: DecisionStore, clock: Clock) -> None:
+        self.engine, self.source, self.store, self.clock = engine, source, store, clock
+        self.interval = engine.config.poll_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ticks = 0
+        self.last_error: str | None = None
+        # Answer from the first moment: the floor for every graph, with the reason "no observation yet".
+        self.store.publish(engine.decide_all(clock.now()))
+
+    def tick(self) -> dict[str, Decision]:
+        """One poll: collect, observe, decide, publish. Never raises for source problems."""
+        now = self.clock.now()
+        try:
+            observations = self.source.collect(now)
+            self.last_error = None
+        except Exception as e:  # a broken source must not stop the loop: decisions then hold
+            self.last_error = f"{type(e).__name__}: {e}"
+            log.warning("metrics source failed: %s", self.last_error)
+            observations = []
+        for obs in observations:
+            self._observe(obs)
+        decisions = self.engine.decide_all(now)
+        changed = {g: d for g, d in decisions.items() if _changed(self.store.get(g), d)}
+        self.store.publish(decisions)
+        for d in changed.values():
+            log.info("decision %s", _one_line(d))
+        self.ticks += 1
+        return decisions
+
+    def _observe(self, obs: Observation) -> None:
+        try:
+            self.engine.observe(obs)
+        except (KeyError, ValueError) as e:
+            log.warning("dropped observation of %r: %s", obs.graph, e)
+
+    def run(self) -> None:
+        next_at = self.clock.now()
+        while not self._stop.is_set():
+            self.tick()
+            next_at += self.interval
+            if self.clock.now() > next_at + self.interval:
+                next_at = self.clock.now()  # fell behind (slow source, suspended): skip, do not burst
+            # Wait in small slices so stop() is prompt with a long interval or a virtual clock.
+            while not self._stop.is_set() and self.clock.now() < next_at:
+                self._stop.wait(min(0.05, max(0.001, (next_at - self.clock.now()) / _speed(self.clock))))
+
+    def start(self) -> "DecisionLoop":
+        self._thread = threading.Thread(target=self.run, name="pdscaler-decision-loop", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+
+def _speed(clock: Clock) -> float:
+    return getattr(clock, "speedup", 1.0)
+
+
+def _changed(old: Decision | None, new: Decision) -> bool:
+    return old is None or old.replicas != new.replicas or {r: x.rule for r, x in old.reasons.items()} != {
+        r: x.rule for r, x in new.reasons.items()
+    }
+
+
+def _one_line(d: Decision) -> str:
+    parts = [f"{r}={rd.replicas} [{rd.reason}]" for r, rd in d.roles.items()]
+    return f"graph={d.graph} " + " ".join(parts)

@@ -1,0 +1,191 @@
+"""The KEDA external-scaler gRPC server (grpc.aio), plus the standard grpc.health.v1 service.
+
+Every answer is read from the DecisionStore in memory; nothing here waits on Prometheus, a model fit
+or the Kubernetes API. Trigger metadata is parsed by a typed schema (TriggerMetadata); a bad key
+is INVALID_ARGUMENT naming the key and its allowed values, an unknown graph is NOT_FOUND.
+
+Contract (KEDA's externalscaler.proto): GetMetricSpec returns one MetricSpec with target 1, and
+GetMetrics one MetricValue equal to the role's target replica count, so that the HPA's AverageValue
+arithmetic, desired = ceil(value / target), asks for exactly that count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scaler.config import ScalerConfig
+from scaler.rpc import externalscaler_pb2 as pb
+from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
+from scaler.store import DecisionStore
+
+log = logging.getLogger("pdscaler.server")
+
+SERVICE_NAME = "externalscaler.ExternalScaler"
+MAX_VALUE_LEN = 253  # a Kubernetes name at most; longer metadata values are rejected, not echoed
+
+
+class TriggerMetadata(BaseModel):
+    """The ScaledObject trigger metadata pdscaler reads. KEDA's own keys (scalerAddress, ...) pass."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    graph: str = Field(min_length=1, max_length=MAX_VALUE_LEN)
+    role: str = Field(min_length=1, max_length=MAX_VALUE_LEN)
+    namespace: str | None = Field(None, min_length=1, max_length=MAX_VALUE_LEN)
+
+
+@dataclass(frozen=True)
+class Target:
+    graph: str
+    role: str
+    namespace: str
+
+    @property
+    def metric_name(self) -> str:
+        return metric_name(self.graph, self.role)
+
+
+def metric_name(graph: str, role: str) -> str:
+    """The metric name for a graph and role: unique per (graph, role), valid for the HPA."""
+    return f"pdscaler-{graph}-{role}"
+
+
+class RequestError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def resolve(config: ScalerConfig, ref: pb.ScaledObjectRef) -> Target:
+    """The (graph, role) a ScaledObjectRef asks about, or a RequestError saying what is wrong."""
+    meta = dict(ref.scalerMetadata)
+    try:
+        md = TriggerMetadata.model_validate(meta)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        allowed = _allowed(config, key, meta.get("graph"))
+        if err["type"] == "missing":
+            problem = f"trigger metadata key {key!r} is required"
+        else:
+            problem = f"trigger metadata key {key!r} is invalid: {err['msg']}"
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, problem + allowed) from None
+    namespace = md.namespace or ref.namespace
+    graph = config.graphs.get(md.graph)
+    if graph is None:
+        raise RequestError(
+            grpc.StatusCode.NOT_FOUND,
+            f"graph {_show(md.graph)} is not configured; configured graphs: {', '.join(sorted(config.graphs))}",
+        )
+    if graph.namespace and namespace and graph.namespace != namespace:
+        raise RequestError(
+            grpc.StatusCode.NOT_FOUND,
+            f"graph {md.graph!r} is configured in namespace {graph.namespace!r}, not {_show(namespace)}",
+        )
+    if md.role not in graph.roles:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"trigger metadata key 'role' has unknown value {_show(md.role)} for graph {md.graph!r}; "
+            f"allowed values: {', '.join(sorted(graph.roles))}",
+        )
+    return Target(md.graph, md.role, namespace or graph.namespace or "")
+
+
+def _allowed(config: ScalerConfig, key: str, graph: str | None) -> str:
+    if key == "graph":
+        return f"; allowed values: {', '.join(sorted(config.graphs))}"
+    if key == "role":
+        g = config.graphs.get(graph or "")
+        roles = sorted(g.roles) if g else sorted({r for g in config.graphs.values() for r in g.roles})
+        return f"; allowed values: {', '.join(roles)}"
+    return ""
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 64 else value[:61] + "...")
+
+
+class ExternalScaler(pb_grpc.ExternalScalerServicer):
+    def __init__(self, config: ScalerConfig, store: DecisionStore) -> None:
+        self.config, self.store = config, store
+
+    def replicas(self, t: Target) -> int:
+        decision = self.store.get(t.graph)
+        if decision is None or t.role not in decision.roles:
+            # The loop publishes floors at start-up, so this only happens for a graph added since.
+            return self.config.graphs[t.graph].roles[t.role].min_replicas
+        return decision.roles[t.role].replicas
+
+    def _spec(self, t: Target) -> pb.GetMetricSpecResponse:
+        return pb.GetMetricSpecResponse(
+            metricSpecs=[pb.MetricSpec(metricName=t.metric_name, targetSize=1, targetSizeFloat=1.0)]
+        )
+
+    async def IsActive(self, request, context):
+        t = await _resolve_or_abort(self, request, context)
+        return pb.IsActiveResponse(result=self.replicas(t) > 0)
+
+    async def GetMetricSpec(self, request, context):
+        return self._spec(await _resolve_or_abort(self, request, context))
+
+    async def GetMetrics(self, request, context):
+        t = await _resolve_or_abort(self, request.scaledObjectRef, context)
+        n = self.replicas(t)
+        return pb.GetMetricsResponse(
+            metricValues=[pb.MetricValue(metricName=t.metric_name, metricValue=n, metricValueFloat=float(n))]
+        )
+
+    async def StreamIsActive(self, request, context):
+        t = await _resolve_or_abort(self, request, context)
+        changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        unsubscribe = self.store.subscribe(lambda: loop.call_soon_threadsafe(changed.set))
+        try:
+            last = None
+            while True:
+                active = self.replicas(t) > 0
+                if active != last:
+                    yield pb.IsActiveResponse(result=active)
+                    last = active
+                await changed.wait()
+                changed.clear()
+        finally:
+            unsubscribe()
+
+    async def StreamMetricSpec(self, request, context):
+        # The spec (one metric, target 1) never changes for a (graph, role): send it once, keep open.
+        t = await _resolve_or_abort(self, request, context)
+        yield self._spec(t)
+        await asyncio.Event().wait()
+
+
+async def _resolve_or_abort(svc: ExternalScaler, ref, context) -> Target:
+    try:
+        return resolve(svc.config, ref)
+    except RequestError as e:
+        await context.abort(e.code, e.message)
+        raise  # unreachable: abort raises
+
+
+async def start_server(
+    config: ScalerConfig, store: DecisionStore, port: int, host: str = "[::]"
+) -> tuple[grpc.aio.Server, int]:
+    """Start the gRPC server (external scaler + health) and return it with the bound port."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_ExternalScalerServicer_to_server(ExternalScaler(config, store), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("gRPC external scaler listening on %s:%d", host, bound)
+    return server, bound
