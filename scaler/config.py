@@ -210,7 +210,7 @@ def format_validation_error(e: ValidationError) -> str:
     for err in e.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         given = err.get("input")
-        shown = repr(given) if not isinstance(given, dict) else "{...}"
+        shown = repr(given)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         lines.append(f"  {where}: {err['msg']} (given: {shown})")

@@ -106,7 +106,8 @@ def _sized(role: str, rcfg: RoleConfig, obs: Observation, prev: int | None) -> R
     try:
         need = _need(rcfg, obs, role_signals)
     except MissingInput as e:
-        return _held(role, rcfg, prev, "missing-data", str(e))
+        why = str(e) + (f" ({obs.errors[-1]})" if obs.errors else "")
+        return _held(role, rcfg, prev, "missing-data", why)
     raw = max(0, math.ceil(need.replicas - 1e-9))
     n, limit = bound(raw, rcfg.min_replicas, rcfg.max_replicas)
     inputs = {**obs.signals, **role_signals}

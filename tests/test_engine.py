@@ -1,0 +1,134 @@
+"""The decision core: capacity rule, bounds, and safe answers on missing, stale or bad data."""
+
+import math
+
+import pytest
+
+from scaler.engine import Engine, UnknownGraph
+from scaler.observation import Observation
+from tests.conftest import make_config
+
+
+def obs(at, rate=10.0, isl=2000.0, osl=200.0, queued_tokens=0.0, kv_blocks=None, graph="g1", **extra):
+    roles = {"prefill": {"prefill_queued_tokens": queued_tokens}, "decode": {}}
+    signals = {"request_rate": rate, "isl_mean": isl, "osl_mean": osl, "kv_block_size": 16.0, **extra}
+    if kv_blocks is not None:
+        roles["decode"]["kv_active_blocks"] = kv_blocks
+    return Observation(graph=graph, at=at, signals=signals, roles=roles)
+
+
+def test_prefill_capacity_rule_sizes_on_arrival_tokens(config):
+    e = Engine(config)
+    # 100 req/s x 2000 tokens = 200k tokens/s; one replica: 40k x 0.8 = 32k usable -> 6.25 -> 7.
+    e.observe(obs(0, rate=100))
+    d = e.decide(now=1)
+    assert d.replicas["prefill"] == 7
+    r = d.reasons["prefill"]
+    assert r.rule == "capacity"
+    assert r.figures["demand_tokens_per_s"] == pytest.approx(200_000)
+    assert r.inputs["request_rate"] == 100
+
+
+def test_prefill_backlog_adds_capacity(config):
+    e = Engine(config)
+    e.observe(obs(0, rate=10, queued_tokens=0))
+    base = e.decide(1).replicas["prefill"]
+    e.observe(obs(2, rate=10, queued_tokens=3_000_000))  # 3M tokens to drain in 30 s = 100k tokens/s
+    d = e.decide(3)
+    assert d.replicas["prefill"] > base
+    assert "backlog" in d.reasons["prefill"].message
+
+
+def test_decode_sized_on_kv_or_throughput_whichever_binds(config):
+    e = Engine(config)
+    # KV: 100k blocks x 16 = 1.6M tokens / (896k x 0.8) = 2.23 -> 3; throughput: 10 x 200 = 2k tok/s -> 0.25.
+    e.observe(obs(0, rate=10, osl=200, kv_blocks=100_000))
+    d = e.decide(1)
+    assert d.replicas["decode"] == 3
+    assert "kv" in d.reasons["decode"].message
+    # Throughput binds: 300 req/s x 200 = 60k tok/s / 8k = 7.5 -> 8 (max 8).
+    e.observe(obs(2, rate=300, osl=200, kv_blocks=10))
+    d = e.decide(3)
+    assert d.replicas["decode"] == 8
+    assert d.reasons["decode"].rule == "capacity"
+
+
+def test_bounds_name_the_rule(config):
+    e = Engine(config)
+    e.observe(obs(0, rate=0.0))
+    d = e.decide(1)
+    assert d.replicas == {"prefill": 1, "decode": 2}
+    assert d.reasons["decode"].rule == "min_replicas"
+    e.observe(obs(2, rate=10_000))
+    d = e.decide(3)
+    assert d.replicas["prefill"] == 10 and d.reasons["prefill"].rule == "max_replicas"
+
+
+def test_no_data_answers_the_floor_with_reason(config):
+    d = Engine(config).decide(now=100)
+    assert d.replicas == {"prefill": 1, "decode": 2}
+    assert all(r.rule == "no-data" for r in d.reasons.values())
+    assert "no observation yet" in str(d.reasons["prefill"])
+
+
+def test_stale_data_holds_and_never_scales_down(config):
+    e = Engine(config)
+    e.observe(obs(0, rate=100))
+    high = e.decide(1).replicas["prefill"]
+    assert high > 1
+    d = e.decide(now=1 + config.stale_after + 1)  # no new data since t=0
+    assert d.replicas["prefill"] == high
+    assert d.reasons["prefill"].rule == "stale-data"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -5.0, 1e12, "x"])
+def test_bad_values_are_dropped_and_the_decision_holds(config, bad):
+    e = Engine(config)
+    e.observe(obs(0, rate=100))
+    high = e.decide(1).replicas["prefill"]
+    e.observe(obs(2, rate=bad))
+    d = e.decide(3)
+    assert d.replicas["prefill"] == high  # never scale down on unusable data
+    assert d.reasons["prefill"].rule == "missing-data"
+    assert any("request_rate" in n for n in d.notes)
+
+
+def test_zero_traffic_without_isl_scales_to_floor(config):
+    e = Engine(config)
+    e.observe(obs(0, rate=100))
+    e.decide(1)
+    e.observe(Observation(graph="g1", at=2, signals={"request_rate": 0.0}, roles={}))
+    d = e.decide(3)
+    assert d.replicas["prefill"] == 1
+    assert d.reasons["prefill"].rule == "min_replicas"
+
+
+def test_older_observation_is_ignored(config):
+    e = Engine(config)
+    e.observe(obs(10, rate=100))
+    e.observe(obs(5, rate=1))
+    assert e.latest("g1").at == 10
+
+
+def test_unknown_graph(config):
+    e = Engine(config)
+    with pytest.raises(UnknownGraph, match="configured graphs: g1"):
+        e.observe(obs(0, graph="nope"))
+    with pytest.raises(UnknownGraph):
+        e.decide(0, "nope")
+
+
+def test_decide_is_a_pure_function_of_observations_and_now():
+    a, b = Engine(make_config()), Engine(make_config())
+    for e in (a, b):
+        e.observe(obs(0, rate=55, kv_blocks=5000))
+    assert a.decide(7).replicas == b.decide(7).replicas
+    assert a.decide(7).explain() == b.decide(7).explain()
+
+
+def test_explain_is_readable(config):
+    e = Engine(config)
+    e.observe(obs(0, rate=100))
+    text = e.decide(1).explain()
+    assert "prefill (prefill): 7 replicas - capacity" in text
+    assert "demand_tokens_per_s=2e+05" in text

@@ -1,0 +1,161 @@
+"""The KEDA external-scaler contract over a real gRPC server on loopback."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from scaler.engine import Engine
+from scaler.observation import Observation
+from scaler.rpc import externalscaler_pb2 as pb
+from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
+from scaler.store import DecisionStore
+from tests.conftest import grpc_server
+
+
+def ref(graph="g1", role="prefill", namespace="ns", **extra):
+    md = {"scalerAddress": "pdscaler:6000", **({"graph": graph} if graph else {}), **({"role": role} if role else {}), **extra}
+    return pb.ScaledObjectRef(name="so", namespace=namespace, scalerMetadata=md)
+
+
+@pytest.fixture
+def served(config):
+    engine = Engine(config)
+    store = DecisionStore()
+    engine.observe(Observation("g1", 0, {"request_rate": 100, "isl_mean": 2000, "osl_mean": 100, "kv_block_size": 16}, {}))
+    store.publish(engine.decide_all(1))  # prefill 7, decode 2 (floor)
+    with grpc_server(config, store) as (channel, port):
+        yield pb_grpc.ExternalScalerStub(channel), store, engine, channel
+
+
+def test_metric_spec_is_one_spec_with_target_one_and_unique_name(served):
+    stub, *_ = served
+    a = stub.GetMetricSpec(ref(role="prefill"))
+    b = stub.GetMetricSpec(ref(role="decode"))
+    assert len(a.metricSpecs) == 1 and len(b.metricSpecs) == 1
+    assert a.metricSpecs[0].targetSizeFloat == 1.0 and a.metricSpecs[0].targetSize == 1
+    assert a.metricSpecs[0].metricName != b.metricSpecs[0].metricName
+
+
+def test_get_metrics_returns_the_role_target(served):
+    stub, *_ = served
+    name = stub.GetMetricSpec(ref()).metricSpecs[0].metricName
+    r = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(), metricName=name))
+    assert len(r.metricValues) == 1
+    assert r.metricValues[0].metricValueFloat == 7.0 and r.metricValues[0].metricValue == 7
+    r = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(role="decode"), metricName="s1-whatever"))
+    assert r.metricValues[0].metricValueFloat == 2.0
+
+
+def test_answers_follow_published_decisions(served):
+    stub, store, engine, _ = served
+    engine.observe(Observation("g1", 2, {"request_rate": 10, "isl_mean": 2000}, {}))
+    store.publish(engine.decide_all(3))
+    r = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(), metricName="x"))
+    assert r.metricValues[0].metricValueFloat == 1.0
+
+
+def test_is_active_when_target_positive(served, config):
+    stub, store, engine, _ = served
+    assert stub.IsActive(ref()).result is True
+    zero = config.graphs["g1"].roles["prefill"].model_copy(update={"min_replicas": 0})
+    cfg0 = config.model_copy(update={"graphs": {"g1": config.graphs["g1"].model_copy(update={"roles": {"prefill": zero}})}})
+    store0 = DecisionStore()
+    e0 = Engine(cfg0)
+    e0.observe(Observation("g1", 0, {"request_rate": 0.0}, {}))
+    store0.publish(e0.decide_all(1))
+    with grpc_server(cfg0, store0) as (ch, _):
+        assert pb_grpc.ExternalScalerStub(ch).IsActive(ref()).result is False
+
+
+def test_namespace_defaults_to_the_scaledobject_and_can_be_given(served):
+    stub, *_ = served
+    assert stub.IsActive(ref(namespace="ns")).result
+    md = {"graph": "g1", "role": "prefill", "namespace": "ns"}
+    assert stub.IsActive(pb.ScaledObjectRef(name="so", namespace="other", scalerMetadata=md)).result
+    with pytest.raises(grpc.RpcError) as e:
+        stub.IsActive(ref(namespace="other"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "namespace 'ns'" in e.value.details()
+
+
+@pytest.mark.parametrize(
+    "r, code, words",
+    [
+        (ref(graph=None), grpc.StatusCode.INVALID_ARGUMENT, ["'graph'", "required", "g1"]),
+        (ref(role=None), grpc.StatusCode.INVALID_ARGUMENT, ["'role'", "required", "decode, prefill"]),
+        (ref(role="warm"), grpc.StatusCode.INVALID_ARGUMENT, ["'role'", "'warm'", "decode, prefill"]),
+        (ref(role=""), grpc.StatusCode.INVALID_ARGUMENT, ["'role'"]),
+        (ref(graph="nope"), grpc.StatusCode.NOT_FOUND, ["'nope'", "g1"]),
+        (ref(graph="x" * 10_000), grpc.StatusCode.INVALID_ARGUMENT, ["'graph'"]),
+        (ref(graph="ü" * 30), grpc.StatusCode.NOT_FOUND, ["ü"]),
+    ],
+)
+def test_bad_metadata_errors(served, r, code, words):
+    stub, *_ = served
+    for call in (stub.IsActive, stub.GetMetricSpec, lambda x: stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=x))):
+        with pytest.raises(grpc.RpcError) as e:
+            call(r)
+        assert e.value.code() == code
+        for w in words:
+            assert w in e.value.details(), e.value.details()
+        assert len(e.value.details()) < 400
+
+
+def test_stream_is_active_sends_current_then_changes(served, config):
+    stub, store, engine, channel = served
+    zero = {"request_rate": 0.0}
+    cfg = config.graphs["g1"].roles["prefill"]
+    assert cfg.min_replicas == 1  # with a floor of 1 the role stays active: the first message is true
+    stream = stub.StreamIsActive(ref())
+    first = next(stream)
+    assert first.result is True
+    stream.cancel()
+
+
+def test_stream_metric_spec_sends_the_spec_at_once(served):
+    stub, *_ = served
+    stream = stub.StreamMetricSpec(ref())
+    msg = next(stream)
+    assert msg.metricSpecs[0].targetSizeFloat == 1.0
+    assert msg == stub.GetMetricSpec(ref())
+    stream.cancel()
+
+
+def test_health_service(served):
+    *_, channel = served
+    h = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "externalscaler.ExternalScaler"):
+        assert h.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_serve_answers_at_once_with_the_floor_when_prometheus_is_unreachable(tmp_path):
+    """`pdscaler serve` with the example config and a dead Prometheus: floor answers, not waits."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(subprocess.run([sys.executable, "-m", "scaler", "config", "example"], capture_output=True, text=True).stdout)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scaler", "serve", "--config", str(cfg), "--port", str(port), "--host", "127.0.0.1",
+         "--prometheus-url", "http://127.0.0.1:1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stub = pb_grpc.ExternalScalerStub(channel)
+        r = ref(graph="example", role="decode", namespace="dynamo")
+        # Deadline 1 s: an answer that waited on Prometheus (2 s timeout) would miss it.
+        out = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=r, metricName="x"), timeout=1.0)
+        assert out.metricValues[0].metricValueFloat == 1.0  # the example's floor
+        channel.close()
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=10)[0]
+    assert "prometheus unreachable" in output, output  # the reason says why it holds
