@@ -105,15 +105,19 @@ def test_bad_metadata_errors(served, r, code, words):
         assert len(e.value.details()) < 400
 
 
-def test_stream_is_active_sends_current_then_changes(served, config):
-    stub, store, engine, channel = served
-    zero = {"request_rate": 0.0}
-    cfg = config.graphs["g1"].roles["prefill"]
-    assert cfg.min_replicas == 1  # with a floor of 1 the role stays active: the first message is true
-    stream = stub.StreamIsActive(ref())
-    first = next(stream)
-    assert first.result is True
-    stream.cancel()
+def test_stream_is_active_sends_current_then_changes(config):
+    roles = {"prefill": config.graphs["g1"].roles["prefill"].model_copy(update={"min_replicas": 0})}
+    cfg0 = config.model_copy(update={"graphs": {"g1": config.graphs["g1"].model_copy(update={"roles": roles})}})
+    engine, store = Engine(cfg0), DecisionStore()
+    engine.observe(Observation("g1", 0, {"request_rate": 0.0}, {}))
+    store.publish(engine.decide_all(1))
+    with grpc_server(cfg0, store) as (channel, _):
+        stream = pb_grpc.ExternalScalerStub(channel).StreamIsActive(ref())
+        assert next(stream).result is False  # the current state, at once
+        engine.observe(Observation("g1", 2, {"request_rate": 50.0, "isl_mean": 1000.0}, {}))
+        threading.Timer(0.2, lambda: store.publish(engine.decide_all(3))).start()
+        assert next(stream).result is True  # pushed when the decision changes
+        stream.cancel()
 
 
 def test_stream_metric_spec_sends_the_spec_at_once(served):
