@@ -11,6 +11,7 @@ real proportions. The terminal shows a live view and ends with a summary.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import sys
 import time
@@ -96,6 +97,8 @@ def run_demo(opts: DemoOptions) -> int:
 
 
 async def _demo(opts: DemoOptions) -> int:
+    # The live view shows every decision; the loop's per-decision log lines would only repeat it.
+    logging.getLogger("pdscaler.loop").setLevel(logging.WARNING)
     trace = load_demo_trace(opts)
     if not trace:
         print("pdscaler demo: the trace has no requests after --start", file=sys.stderr)
@@ -125,6 +128,7 @@ async def _demo(opts: DemoOptions) -> int:
         )
         for role, adapter in ADAPTERS.items()
     }
+    targets = [c.target for c in controllers.values()]
     stop = asyncio.Event()
     tasks = [asyncio.create_task(c.run(stop)) for c in controllers.values()]
     replay = emulator.replay(trace, start_at=clock.now())
@@ -149,6 +153,8 @@ async def _demo(opts: DemoOptions) -> int:
         await asyncio.gather(*tasks, return_exceptions=True)
         loop.stop()
         await client.close()
+        for t in targets:
+            await t.close()
         await server.stop(grace=0)
         await emulator.stop()
     print(summary(emulator, rows, opts))
@@ -223,10 +229,10 @@ class LiveView:
             self._live.update(self._render(row))
         elif row.t - self.last_line_t >= 60:
             self.last_line_t = row.t
+            c = self._cells(row)
             p, d = row.roles["prefill"], row.roles["decode"]
             print(
-                f"t={_fmt_t(row.t)} rate={row.rate:7.1f}/s prefill_demand={row.demand_ktok:6.1f}k tok/s "
-                f"queued={row.queued:5.0f} kv={row.kv:5.1%} ttft_p99={row.ttft_p99:6.2f}s "
+                f"t={c[0]} rate={c[1]}/s prefill_demand={c[2]}k tok/s queued={c[3]} kv={c[4]} ttft_p99={c[5]} "
                 f"prefill target={p[0]} desired={p[1]} ready={p[2]} decode target={d[0]} desired={d[1]} "
                 f"ready={d[2]} | {row.reason}",
                 flush=True,
@@ -256,23 +262,23 @@ class LiveView:
 
         return [
             _fmt_t(r.t), f(r.rate, ".1f"), f(r.demand_ktok, ".1f"), f(r.queued, ".0f"), f(r.kv, ".1%"),
-            f(r.ttft_p99, ".2f") + "s",
+            f(r.ttft_p99, ".2f") + ("s" if r.ttft_p99 == r.ttft_p99 else ""),
             "{}/{}/{}".format(*r.roles["prefill"]), "{}/{}/{}".format(*r.roles["decode"]),
         ]
 
 
 def summary(emulator: Emulator, rows: list[Row], opts: DemoOptions) -> str:
-    stats = emulator.sim.stats()
-    ttft, itl = np.asarray(stats["ttft"]), np.asarray(stats["itl"])
-    itl = itl[~np.isnan(itl)]
+    sim = emulator.sim
+    done = sim.finished_arrays()
+    ttft, itl = done.ttft, done.itl[~np.isnan(done.itl)]
     span_h = (rows[-1].t - rows[0].t) / 3600 if len(rows) > 1 else 0.0
     peak = {role: max((r.roles[role][1] for r in rows), default=0) for role in ADAPTERS}
-    gpu_h = stats["gpu_seconds"] / 3600
+    gpu_h = sim.gpu_seconds / 3600
     static_h = sum(peak.values()) * span_h  # one GPU per replica in the demo profile
     lines = [
         "",
         f"summary over {span_h * 60:.1f} virtual minutes ({opts.trace} x{opts.rate_scale:g} at {opts.speedup:g}x):",
-        f"  requests finished {stats['finished']}, still in the graph {stats['in_system']}",
+        f"  requests finished {sim.finished}, still in the graph {sim.in_system}",
         f"  TTFT <= {SLO_TTFT_S}s: {_share(ttft <= SLO_TTFT_S)}   p99 TTFT {_q(ttft, 0.99):.2f}s",
         f"  ITL  <= {SLO_ITL_S * 1000:.0f}ms: {_share(itl <= SLO_ITL_S)}   p99 ITL {_q(itl, 0.99) * 1000:.1f}ms",
         f"  GPU-hours {gpu_h:.2f} (static at the peak of {peak['prefill']}P+{peak['decode']}D: {static_h:.2f})",

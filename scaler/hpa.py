@@ -516,7 +516,9 @@ class HorizontalPodAutoscaler:
             reasons.append(limited.message)
         if not reasons:
             reasons.append("at recommendation" if desired == current else f"scale to recommendation {desired}")
-        return HPAResult(desired, current, recommendation, stabilized, tuple(reasons), able, active, limited, tuple(proposals))
+        return HPAResult(
+            desired, current, recommendation, stabilized, tuple(reasons), able, active, limited, tuple(proposals)
+        )
 
     # -- HPA without spec.behavior ------------------------------------------------------
 
@@ -533,7 +535,8 @@ class HorizontalPodAutoscaler:
             elif rec.recommendation > stabilized:
                 stabilized = rec.recommendation
         self._store_recommendation(old_index, desired, now)
-        reason = f"scale-down stabilised: highest recommendation in the last {self.downscale_stabilization_seconds}s is {stabilized}"
+        window = self.downscale_stabilization_seconds
+        reason = f"scale-down stabilised: highest recommendation in the last {window}s is {stabilized}"
 
         scale_up_limit = int(max(SCALE_UP_LIMIT_FACTOR * current, SCALE_UP_LIMIT_MINIMUM))
         if self.max_replicas > scale_up_limit:
@@ -544,7 +547,8 @@ class HorizontalPodAutoscaler:
         else:
             max_allowed, cond = self.max_replicas, ("TooManyReplicas", f"clamped to max {self.max_replicas}")
         if stabilized < self.min_replicas:
-            return stabilized, self.min_replicas, reason, Condition(True, "TooFewReplicas", f"clamped to min {self.min_replicas}")
+            too_few = Condition(True, "TooFewReplicas", f"clamped to min {self.min_replicas}")
+            return stabilized, self.min_replicas, reason, too_few
         if stabilized > max_allowed:
             return stabilized, max_allowed, reason, Condition(True, *cond)
         return stabilized, stabilized, reason, _NOT_LIMITED
@@ -592,7 +596,8 @@ class HorizontalPodAutoscaler:
             if self.max_replicas > limit:
                 max_allowed, cond = limit, Condition(True, "ScaleUpLimit", f"limited by {why} ({limit} allowed)")
             else:
-                max_allowed, cond = self.max_replicas, Condition(True, "TooManyReplicas", f"clamped to max {self.max_replicas}")
+                max_allowed = self.max_replicas
+                cond = Condition(True, "TooManyReplicas", f"clamped to max {self.max_replicas}")
             if desired > max_allowed:
                 return max_allowed, cond
         elif desired < current:
@@ -601,7 +606,8 @@ class HorizontalPodAutoscaler:
             if self.min_replicas < limit:
                 min_allowed, cond = limit, Condition(True, "ScaleDownLimit", f"limited by {why} ({limit} allowed)")
             else:
-                min_allowed, cond = self.min_replicas, Condition(True, "TooFewReplicas", f"clamped to min {self.min_replicas}")
+                min_allowed = self.min_replicas
+                cond = Condition(True, "TooFewReplicas", f"clamped to min {self.min_replicas}")
             if desired < min_allowed:
                 return min_allowed, cond
         return desired, _NOT_LIMITED
@@ -664,9 +670,10 @@ class HorizontalPodAutoscaler:
         if self.behavior is None or new_replicas == prev_replicas:
             return
         if new_replicas > prev_replicas:
-            events, longest, change = self._up_events, self.behavior.scale_up.longest_period(), new_replicas - prev_replicas
+            events, rules, change = self._up_events, self.behavior.scale_up, new_replicas - prev_replicas
         else:
-            events, longest, change = self._down_events, self.behavior.scale_down.longest_period(), prev_replicas - new_replicas
+            events, rules, change = self._down_events, self.behavior.scale_down, prev_replicas - new_replicas
+        longest = rules.longest_period()
         cutoff = now - longest
         old_index = None
         for i, e in enumerate(events):
@@ -687,5 +694,9 @@ class HorizontalPodAutoscaler:
 
 def _stabilized_condition(recommendation: int, current: int, legacy: bool) -> tuple[str, str]:
     if recommendation >= current and not legacy:  # without behavior Go always says ScaleDownStabilized
-        return "ScaleUpStabilized", "recent recommendations were lower than current one, applying the lowest recent recommendation"
-    return "ScaleDownStabilized", "recent recommendations were higher than current one, applying the highest recent recommendation"
+        return "ScaleUpStabilized", (
+            "recent recommendations were lower than current one, applying the lowest recent recommendation"
+        )
+    return "ScaleDownStabilized", (
+        "recent recommendations were higher than current one, applying the highest recent recommendation"
+    )

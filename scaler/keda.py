@@ -72,9 +72,8 @@ class ScaledObjectRef:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
     def to_pb(self) -> pb.ScaledObjectRef:
-        return pb.ScaledObjectRef(
-            name=self.name, namespace=self.namespace, scalerMetadata={str(k): str(v) for k, v in self.metadata.items()}
-        )
+        metadata = {str(k): str(v) for k, v in self.metadata.items()}
+        return pb.ScaledObjectRef(name=self.name, namespace=self.namespace, scalerMetadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,9 @@ class ExternalScalerClient:
 
         return await self._with_retry("GetMetricSpec", call)
 
-    async def _get_metrics(self, stub: pb_grpc.ExternalScalerStub, ref: ScaledObjectRef, metric_name: str) -> list[float]:
+    async def _get_metrics(
+        self, stub: pb_grpc.ExternalScalerStub, ref: ScaledObjectRef, metric_name: str
+    ) -> list[float]:
         req = pb.GetMetricsRequest(scaledObjectRef=ref.to_pb(), metricName=metric_name)
         resp = await stub.GetMetrics(req, timeout=self.timeout)
         values = []
@@ -465,7 +466,8 @@ class ScaledObjectEmulator:
             action = "hold (fallback)"  # the HPA feeds the fallback; do not scale to zero
         elif not active and spec_replicas > 0 and min_count == 0:
             if self.last_active_time is None:
-                expired = self.so.initial_cooldown_period == 0 or self._created_at + self.so.initial_cooldown_period < now
+                initial = self.so.initial_cooldown_period
+                expired = initial == 0 or self._created_at + initial < now
             else:
                 expired = self.last_active_time + self.so.cooldown_period < now
             new, action = (0, "scale-to-zero") if expired else (spec_replicas, "cooldown")

@@ -218,9 +218,8 @@ def load_rate_curve(
     if series not in by_series:
         raise ValueError(f"{path}: no series {series!r}; available: {available}")
     points = sorted(by_series[series])
-    t_s = np.fromiter((p[0] for p in points), dtype=np.float64, count=len(points))
-    rate = np.fromiter((p[1] for p in points), dtype=np.float64, count=len(points))
-    return t_s, rate
+    arr = np.array(points, dtype=np.float64).reshape(-1, 2)
+    return arr[:, 0].copy(), arr[:, 1].copy()
 
 
 def scale_rate(requests: Sequence[TraceRequest], k: float, seed: int = 0) -> list[TraceRequest]:
@@ -231,14 +230,14 @@ def scale_rate(requests: Sequence[TraceRequest], k: float, seed: int = 0) -> lis
     """
     if not math.isfinite(k) or k < 0:
         raise ValueError(f"rate scale must be a finite number >= 0, got {k}")
-    whole = int(math.floor(k))
+    whole = math.floor(k)
     frac = k - whole
     if frac > 0:
         extra = np.random.default_rng(seed).random(len(requests)) < frac
     else:
         extra = np.zeros(len(requests), dtype=bool)
     out: list[TraceRequest] = []
-    for r, e in zip(requests, extra.tolist()):
+    for r, e in zip(requests, extra.tolist(), strict=True):
         out.extend([r] * (whole + int(e)))
     out.sort(key=lambda r: r.t)
     return out

@@ -84,8 +84,7 @@ def test_invalid_target_is_an_error():
     with pytest.raises(ValueError):
         average_value_replicas([1], 0, 1)
     with pytest.raises(ValueError):
-        average_value_replicas([1], 0.0001, 1)  # rounds up to 1 m? no: 0.0001 -> ceil(0.1 m) = 1 m
-    # (the line above must raise only for non-positive milli targets; check it did not silently pass)
+        average_value_replicas([1], -2, 1)
 
 
 def test_tiny_target_rounds_up_to_one_milli():
@@ -285,16 +284,18 @@ def test_scale_up_stabilization_window_takes_the_minimum():
     # a dip inside the window caps the next scale-up at the dip
     hpa = HorizontalPodAutoscaler(1, 100, Behavior(up, Behavior.default().scale_down))
     trace = drive(hpa, 3, [3, 3, 3, 3, 3, 3, 8, 5, 20])
-    assert [n for _, n, _ in trace] == [3, 3, 3, 3, 3, 3, 3, 3, 3]
-    assert hpa.reconcile(9 * 15, 3, one(20)).desired_replicas == 3  # still the 3s within 60 s
-    assert hpa.reconcile(10 * 15, 3, one(20)).desired_replicas == 5
+    assert [n for _, n, _ in trace] == [3, 3, 3, 3, 3, 3, 3, 3, 3]  # a 3 is always within 60 s
+    assert hpa.reconcile(135, 3, one(20)).desired_replicas == 5  # window (75, 135]: 8, 5, 20
+    assert hpa.reconcile(150, 5, one(20)).desired_replicas == 5  # (90, 150]: 5, 20, 20
+    assert hpa.reconcile(165, 5, one(20)).desired_replicas == 20  # (105, 165]: 20s only
 
 
 def test_min_max_clamp():
     hpa = HorizontalPodAutoscaler(2, 10, Behavior.default())
     r = hpa.reconcile(0, 8, one(500))
     assert r.desired_replicas == 10 and r.scaling_limited.reason == "TooManyReplicas" and "clamped to max" in r.reason
-    hpa = HorizontalPodAutoscaler(2, 10, Behavior(Behavior.default().scale_up, ScalingRules(0, "Max", [ScalingPolicy("Percent", 100, 15)])))
+    fast_down = ScalingRules(0, "Max", [ScalingPolicy("Percent", 100, 15)])
+    hpa = HorizontalPodAutoscaler(2, 10, Behavior(Behavior.default().scale_up, fast_down))
     r = hpa.reconcile(0, 5, one(0))
     assert r.desired_replicas == 2 and r.scaling_limited.reason == "TooFewReplicas"
     # outside [min, max] the HPA corrects without looking at metrics
@@ -382,4 +383,5 @@ def test_property_outside_tolerance_is_ceil_of_sum_over_target(values, target, c
     if p.within_tolerance:
         assert p.replicas == current
     else:
-        assert p.replicas == math.ceil(round(sum(values) * 1000) / round(target * 1000))
+        expected = math.ceil(sum(round(v * 1000) for v in values) / round(target * 1000))
+        assert p.replicas == min(expected, 2**31 - 1)  # int32 cap, as replica_calculator.go

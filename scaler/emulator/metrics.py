@@ -67,7 +67,7 @@ ISL_BUCKETS = dynamo_log_buckets(50.0, 128_000.0, 12)
 OSL_BUCKETS = dynamo_log_buckets(50.0, 32_000.0, 10)
 
 #: Dynamo component names of the two worker services (the DGD service keys).
-DYNAMO_COMPONENTS = {"prefill": "PrefillWorker", "decode": "DecodeWorker"}
+DYNAMO_COMPONENTS: dict[str, str] = {"prefill": "PrefillWorker", "decode": "DecodeWorker"}
 
 
 class FastHistogram:
@@ -101,7 +101,7 @@ class FastHistogram:
     def cumulative(self) -> list[tuple[str, float]]:
         """Buckets as exposed: (le, cumulative count), ending with +Inf."""
         cum = np.cumsum(self.counts).tolist()
-        return [(floatToGoString(b), c) for b, c in zip(self.bounds, cum)] + [("+Inf", cum[-1])]
+        return [(floatToGoString(b), c) for b, c in zip(self.bounds, cum, strict=False)] + [("+Inf", cum[-1])]
 
 
 class EmulatorMetrics:

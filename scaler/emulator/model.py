@@ -30,7 +30,7 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol, cast
 
 import numpy as np
 
@@ -68,15 +68,15 @@ class TokenListener(Protocol):
 class SimObserver(Protocol):
     """Graph-wide event sink (the metrics exporter). Called synchronously inside advance()."""
 
-    def on_first_token(self, req: "SimRequest", t: float) -> None: ...
+    def on_first_token(self, req: SimRequest, t: float) -> None: ...
 
     def on_decode_tokens(self, itl_s: float, n: int, t: float) -> None:
         """`n` tokens were produced by one decode replica in one step, each `itl_s` after the previous."""
 
-    def on_decode_admitted(self, req: "SimRequest", wait_s: float, t: float) -> None:
+    def on_decode_admitted(self, req: SimRequest, wait_s: float, t: float) -> None:
         """`req` started decoding after waiting `wait_s` for KV room / a batch slot (0 if it did not)."""
 
-    def on_finished(self, req: "SimRequest", t: float) -> None: ...
+    def on_finished(self, req: SimRequest, t: float) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -105,8 +105,7 @@ class SimRequest:
         return (self.done - self.first_token) / (self.osl - 1)
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicaCounts:
+class ReplicaCounts(NamedTuple):
     desired: int
     ready: int  # serving (not draining)
     starting: int
@@ -230,7 +229,8 @@ class GraphSim:
         self._seq = 0
         self._next_req_id = 0
         self._next_worker_id = 1
-        self._replicas: dict[str, list[_Replica]] = {"prefill": [], "decode": []}
+        self._prefill: list[_PrefillReplica] = []
+        self._decode: list[_DecodeReplica] = []
         self._desired = {"prefill": 0, "decode": 0}
         self._idle_prefill: list[_PrefillReplica] = []
         self._prefill_queue: deque[SimRequest] = deque()
@@ -300,11 +300,10 @@ class GraphSim:
         n = int(n)
         self.advance(now)
         t = self.now
-        reps = self._replicas[role]
-        active = [r for r in reps if r.state in ("starting", "ready")]
+        active = [r for r in self._reps(role) if r.state in ("starting", "ready")]
         if n > len(active):
             for _ in range(n - len(active)):
-                rep = self._new_replica(role, t, t + self.profile.startup_delay_s)
+                rep = self._new_replica(role, t, t + self.profile.startup_delay_s)  # type: ignore[arg-type]
                 if self.profile.startup_delay_s <= 0:
                     self._make_ready(rep, t)
                 else:
@@ -340,7 +339,7 @@ class GraphSim:
 
     def replicas(self, role: str) -> ReplicaCounts:
         self._check_role(role)
-        states = [r.state for r in self._replicas[role]]
+        states = [r.state for r in self._reps(role)]
         return ReplicaCounts(
             self._desired[role], states.count("ready"), states.count("starting"), states.count("draining")
         )
@@ -362,10 +361,10 @@ class GraphSim:
     def stage_counts(self) -> dict[str, int]:
         return {
             "prefill_queue": len(self._prefill_queue),
-            "prefill": sum(1 for r in self._replicas["prefill"] if r.current is not None),  # type: ignore[attr-defined]
+            "prefill": sum(1 for r in self._prefill if r.current is not None),
             "transfer": self._n_transfer,
             "decode_queue": len(self._decode_queue),
-            "decode": sum(r.n for r in self._replicas["decode"]),  # type: ignore[attr-defined]
+            "decode": sum(r.n for r in self._decode),
         }
 
     @property
@@ -380,7 +379,7 @@ class GraphSim:
     @property
     def prefill_pending_tokens(self) -> int:
         """Queued plus in-service prompt tokens (what the prefill pool still has to process, in full)."""
-        busy = sum(r.current.isl for r in self._replicas["prefill"] if r.current is not None)  # type: ignore[attr-defined]
+        busy = sum(r.current.isl for r in self._prefill if r.current is not None)
         return self._prefill_queued_tokens + busy
 
     @property
@@ -389,9 +388,9 @@ class GraphSim:
 
     def decode_kv_usage(self) -> float:
         """Reserved / total KV blocks over the ready (non-draining) decode replicas; 0 with none."""
-        ready = [r for r in self._replicas["decode"] if r.state == "ready"]
+        ready = [r for r in self._decode if r.state == "ready"]
         total = len(ready) * self._kv_blocks
-        return sum(r.used_blocks for r in ready) / total if total else 0.0  # type: ignore[attr-defined]
+        return sum(r.used_blocks for r in ready) / total if total else 0.0
 
     def itl(self, batch: int) -> float:
         return self._itl_base + self._itl_slope * batch
@@ -399,30 +398,28 @@ class GraphSim:
     def workers(self, role: str) -> list[WorkerView]:
         """Views of the READY (non-draining) workers of `role`, by worker id."""
         self._check_role(role)
-        ready = sorted((r for r in self._replicas[role] if r.state == "ready"), key=lambda r: r.id)
-        if not ready:
-            return []
-        k = len(ready)
-        views = []
+        views: list[WorkerView] = []
         if role == "prefill":
+            ready_p = sorted((r for r in self._prefill if r.state == "ready"), key=lambda r: r.id)
+            k = len(ready_p)
             q_tok, q_len = self._prefill_queued_tokens, len(self._prefill_queue)
-            for i, rep in enumerate(ready):
-                cur = rep.current  # type: ignore[attr-defined]
+            for i, rep in enumerate(ready_p):
+                cur = rep.current
                 share_tok = q_tok // k + (1 if i < q_tok % k else 0)
                 share_len = q_len // k + (1 if i < q_len % k else 0)
-                blocks = rep.transfer_blocks + (self._blocks(cur.isl) if cur else 0)  # type: ignore[attr-defined]
+                blocks = rep.transfer_blocks + (self._blocks(cur.isl) if cur else 0)
                 views.append(
                     WorkerView(str(rep.id), "prefill", (cur.isl if cur else 0) + share_tok,
                                min(blocks, self._kv_blocks), self._kv_blocks, share_len, 1 if cur else 0)
                 )
         else:
+            ready_d = sorted((r for r in self._decode if r.state == "ready"), key=lambda r: r.id)
+            k = len(ready_d)
             q_len = len(self._decode_queue)
-            for i, rep in enumerate(ready):
+            for i, drep in enumerate(ready_d):
                 share_len = q_len // k + (1 if i < q_len % k else 0)
-                views.append(
-                    WorkerView(str(rep.id), "decode", 0, rep.used_blocks, self._kv_blocks,  # type: ignore[attr-defined]
-                               share_len, rep.n)  # type: ignore[attr-defined]
-                )
+                views.append(WorkerView(str(drep.id), "decode", 0, drep.used_blocks, self._kv_blocks,
+                                        share_len, drep.n))
         return views
 
     def finished_arrays(self) -> FinishedArrays:
@@ -457,28 +454,33 @@ class GraphSim:
         self._gpu_t = t
         self._gpu_count += delta
 
+    def _reps(self, role: str) -> list[_Replica]:
+        return self._prefill if role == "prefill" else self._decode  # type: ignore[return-value]
+
     def _new_replica(self, role: Role, t: float, ready_at: float) -> _Replica:
         rid = self._next_worker_id
         self._next_worker_id += 1
         rep: _Replica
         if role == "prefill":
             rep = _PrefillReplica(rid, t, ready_at)
+            self._prefill.append(rep)
         else:
             rep = _DecodeReplica(rid, t, ready_at, self._max_seqs)
-        self._replicas[role].append(rep)
+            self._decode.append(rep)
         self._gpu_change(self._gpus[role], t)
         return rep
 
     def _remove(self, rep: _Replica, t: float) -> None:
         rep.state = "gone"
-        self._replicas[rep.role].remove(rep)
+        self._reps(rep.role).remove(rep)
         self._gpu_change(-self._gpus[rep.role], t)
 
     @staticmethod
     def _load(rep: _Replica) -> int:
         if isinstance(rep, _PrefillReplica):
             return 0 if rep.current is None else 1
-        return rep.n  # type: ignore[attr-defined]
+        assert isinstance(rep, _DecodeReplica)
+        return rep.n
 
     def _make_ready(self, rep: _Replica, t: float) -> None:
         rep.state = "ready"
@@ -519,10 +521,10 @@ class GraphSim:
                 self._push(t + self.profile.kv_transfer_s, _TRANSFER_DONE, (req, rep, blocks))
                 self._prefill_idle_at(rep, t)
             elif kind == _TRANSFER_DONE:
-                req, prep, blocks = obj  # type: ignore[misc]
-                prep.transfer_blocks -= blocks
+                t_req, t_rep, t_blocks = cast(tuple[SimRequest, _PrefillReplica, int], obj)
+                t_rep.transfer_blocks -= t_blocks
                 self._n_transfer -= 1
-                self._first_token(req, t)
+                self._first_token(t_req, t)
             else:  # _READY
                 rep_r: _Replica = obj  # type: ignore[assignment]
                 if rep_r.state == "starting":
@@ -530,11 +532,11 @@ class GraphSim:
 
         # 2. Decode progress over [t0, t1] with the batches admitted at t0.
         dt = t1 - t0
-        for rep in list(self._replicas["decode"]):
-            if rep.n:  # type: ignore[attr-defined]
-                self._decode_step(rep, t0, t1, dt)  # type: ignore[arg-type]
-            if rep.state == "draining" and rep.n == 0:  # type: ignore[attr-defined]
-                self._remove(rep, t1)
+        for drep in list(self._decode):
+            if drep.n:
+                self._decode_step(drep, t0, t1, dt)
+            if drep.state == "draining" and drep.n == 0:
+                self._remove(drep, t1)
 
         # 3. Admission at t1.
         if self._decode_queue:
@@ -609,7 +611,7 @@ class GraphSim:
                 self._finish(req, t_done)
 
     def _admit(self, t0: float, t1: float) -> None:
-        ready = [r for r in self._replicas["decode"] if r.state == "ready"]
+        ready = [r for r in self._decode if r.state == "ready"]
         if not ready:
             return
         queue = self._decode_queue
@@ -619,9 +621,9 @@ class GraphSim:
             best: _DecodeReplica | None = None
             best_free = -1
             for rep in ready:
-                free = self._kv_blocks - rep.used_blocks  # type: ignore[attr-defined]
-                if rep.n < self._max_seqs and free >= need and free > best_free:  # type: ignore[attr-defined]
-                    best, best_free = rep, free  # type: ignore[assignment]
+                free = self._kv_blocks - rep.used_blocks
+                if rep.n < self._max_seqs and free >= need and free > best_free:
+                    best, best_free = rep, free
             if best is None:
                 return
             queue.popleft()

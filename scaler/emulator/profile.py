@@ -39,11 +39,11 @@ class PrefillProfile(_Strict):
     """A prefill worker serves one request at a time at a fixed token rate."""
 
     # Dynamo SLA-planner profile (docs, H200, Llama-3.1-8B-FP8): 40k prefill tokens/s/GPU at 80 ms TTFT.
-    tokens_per_s: float = Field(40_000.0, gt=0)
+    tokens_per_s: float = Field(default=40_000.0, gt=0)
     # One GPU per prefill engine in that profile (TP=1).
-    gpus_per_replica: int = Field(1, ge=1)
+    gpus_per_replica: int = Field(default=1, ge=1)
     # The disaggregated examples in Dynamo start with one prefill and one decode worker.
-    initial_replicas: int = Field(1, ge=0)
+    initial_replicas: int = Field(default=1, ge=0)
 
 
 class DecodeProfile(_Strict):
@@ -56,13 +56,13 @@ class DecodeProfile(_Strict):
     emulator's choice.
     """
 
-    itl_base_s: float = Field(0.006, gt=0)
-    itl_per_seq_s: float = Field(0.00004, ge=0)
+    itl_base_s: float = Field(default=0.006, gt=0)
+    itl_per_seq_s: float = Field(default=0.00004, ge=0)
     # vLLM's default --max-num-seqs (256; newer vLLM raises it on large GPUs, we keep the classic value).
-    max_num_seqs: int = Field(256, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1)
     # One GPU per decode engine in the Dynamo profile (TP=1).
-    gpus_per_replica: int = Field(1, ge=1)
-    initial_replicas: int = Field(1, ge=0)
+    gpus_per_replica: int = Field(default=1, ge=1)
+    initial_replicas: int = Field(default=1, ge=0)
 
     def itl(self, batch: int) -> float:
         """Inter-token latency (seconds) of a decode step with `batch` running sequences."""
@@ -75,20 +75,20 @@ class EmulatorProfile(_Strict):
     prefill: PrefillProfile = PrefillProfile()
     decode: DecodeProfile = DecodeProfile()
     # vLLM default KV block size (tokens per block).
-    kv_block_size: int = Field(VLLM_KV_BLOCK_SIZE, ge=1)
+    kv_block_size: int = Field(default=VLLM_KV_BLOCK_SIZE, ge=1)
     # KV blocks per worker (both roles run the same engine on the same GPU): derived above, 56457.
-    kv_blocks_per_replica: int = Field(H200_LLAMA31_8B_KV_BLOCKS, ge=1)
+    kv_blocks_per_replica: int = Field(default=H200_LLAMA31_8B_KV_BLOCKS, ge=1)
     # Time from "replica created" to "serving": ~90 s of model load on a warm node, measured in the
     # published AKS + KEDA Dynamo walk-through (a cold node adds ~3 min of node provisioning).
-    startup_delay_s: float = Field(90.0, ge=0)
+    startup_delay_s: float = Field(default=90.0, ge=0)
     # Prefill-to-decode KV transfer: a 2k-token prompt is 256 MiB of KV; over NVLink/NIXL at tens of
     # GB/s that is a few ms. 5 ms is the emulator's flat figure.
-    kv_transfer_s: float = Field(0.005, ge=0)
+    kv_transfer_s: float = Field(default=0.005, ge=0)
     # Longest simulation step (seconds). Prefill is event-exact; decode progress is integrated per step.
-    tick_s: float = Field(0.05, gt=0)
+    tick_s: float = Field(default=0.05, gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> "EmulatorProfile":
+    def _check(self) -> EmulatorProfile:
         if self.tick_s > 1.0:
             raise ValueError("tick_s above 1 s makes decode timing meaningless")
         return self
