@@ -25,7 +25,7 @@ from scaler.emulator.app import Emulator
 from scaler.emulator.profile import EmulatorProfile
 from scaler.engine import Engine
 from scaler.hpa import Behavior
-from scaler.keda import ExternalScalerClient, HttpScaleTarget, ScaledObjectEmulator, ScaledObjectRef, ScaledObjectSpec
+from scaler.keda import ExternalScalerClient, HttpScaleTarget, ScaledObjectEmulator, ScaledObjectSpec
 from scaler.loop import DecisionLoop
 from scaler.server import start_server
 from scaler.sources.scrape import ScrapeSource
