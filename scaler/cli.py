@@ -19,13 +19,22 @@ def _configure_logging(level: str) -> None:
     )
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from scaler.config import ConfigError, PrometheusSourceConfig, load_config
+def _load_config(path: str):
+    """The config at `path`, or None after printing the error (path, field, value) to stderr."""
+    from scaler.config import ConfigError, load_config
 
     try:
-        config = load_config(args.config)
+        return load_config(path)
     except ConfigError as e:
         print(f"pdscaler: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from scaler.config import PrometheusSourceConfig
+
+    config = _load_config(args.config)
+    if config is None:
         return 2
     if args.prometheus_url:
         if not isinstance(config.source, PrometheusSourceConfig):
@@ -67,12 +76,8 @@ def cmd_config_example(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from scaler.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.file)
-    except ConfigError as e:
-        print(f"pdscaler: {e}", file=sys.stderr)
+    config = _load_config(args.file)
+    if config is None:
         return 2
     roles = sum(len(g.roles) for g in config.graphs.values())
     print(f"{args.file}: valid ({len(config.graphs)} graphs, {roles} roles, source {config.source.kind})")
