@@ -1,0 +1,14 @@
+"""No cascade: no new scale-up while replicas asked for earlier are still starting.
+
+A replica takes minutes to start; until it reports ready the load it was meant for is still queued,
+and a naive rule would ask for yet more replicas for the same load. While desired > ready, a role's
+target may not rise above the replicas already asked for (the reactive safety net may override).
+"""
+
+from __future__ import annotations
+
+
+def hold_while_starting(target: int, desired: int | None, ready: int | None) -> tuple[int, str | None]:
+    if desired is None or ready is None or ready >= desired or target <= desired:
+        return target, None
+    return desired, f"{desired - ready} replicas still starting: holding at {desired} until they are ready"

@@ -1,0 +1,32 @@
+"""Scale-up and scale-down stabilisation windows, with the HPA's semantics.
+
+Like Kubernetes' stabilizeRecommendationWithBehaviors: the target may rise only to the lowest
+recommendation seen within the scale-up window, and fall only to the highest one seen within the
+scale-down window. A burst must persist for the scale-up window to be acted on; a lull must persist
+for the scale-down window. Time is passed in; the history is the caller's (one per role).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class Stabiliser:
+    def __init__(self, up_window: float, down_window: float) -> None:
+        self.up_window, self.down_window = up_window, down_window
+        self._history: deque[tuple[float, int]] = deque()
+
+    def apply(self, now: float, recommendation: int, current: int) -> tuple[int, str | None]:
+        """The stabilised target, and a note when stabilisation changed the recommendation."""
+        self._history.append((now, recommendation))
+        horizon = now - max(self.up_window, self.down_window)
+        while self._history and self._history[0][0] < horizon:
+            self._history.popleft()
+        up = min(r for t, r in self._history if t >= now - self.up_window)
+        down = max(r for t, r in self._history if t >= now - self.down_window)
+        target = min(max(current, up), down)
+        if target == recommendation:
+            return target, None
+        if recommendation > current:
+            return target, f"scale-up stabilised: lowest recommendation in the last {self.up_window:g}s is {up}"
+        return target, f"scale-down stabilised: highest recommendation in the last {self.down_window:g}s is {down}"
