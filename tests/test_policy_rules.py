@@ -84,3 +84,43 @@ def test_ratio_bounds_raise_the_starved_side():
     assert keep_ratio(1, 8, min_ratio=0.25, max_ratio=4)[:2] == (2, 8)
     assert keep_ratio(12, 2, min_ratio=0.25, max_ratio=4)[:2] == (12, 3)
     assert keep_ratio(3, 3, 0.25, 4) == (3, 3, None)
+
+
+def test_scheduled_floor_by_weekday_time_and_zone():
+    from datetime import datetime, time
+    from zoneinfo import ZoneInfo
+
+    from scaler.policy.warm_pool import ScheduledFloor, scheduled_floor
+
+    day = ScheduledFloor(("mon", "tue", "wed", "thu", "fri"), time(8), time(20), 4)
+    night = ScheduledFloor(("fri",), time(22), time(2), 6)  # Friday 22:00 to Saturday 02:00
+    paris = ZoneInfo("Europe/Paris")
+
+    def at(*args):
+        return datetime(*args, tzinfo=paris).timestamp()
+
+    assert scheduled_floor(at(2026, 11, 23, 9, 0), [day, night], "Europe/Paris")[0] == 4  # Monday 09:00
+    assert scheduled_floor(at(2026, 11, 23, 7, 59), [day, night], "Europe/Paris")[0] == 0
+    assert scheduled_floor(at(2026, 11, 28, 1, 0), [day, night], "Europe/Paris")[0] == 6  # Saturday 01:00
+    assert scheduled_floor(at(2026, 11, 29, 1, 0), [day, night], "Europe/Paris")[0] == 0  # Sunday 01:00
+    # The same instant is 08:30 in Paris but 07:30 UTC: the zone matters.
+    assert scheduled_floor(at(2026, 11, 23, 8, 30), [day], "UTC")[0] == 0
+
+
+def test_lead_time_floor_and_which_floor_binds():
+    from scaler.policy.warm_pool import floor, lead_time_floor
+
+    assert lead_time_floor([1.2, 3.0, 2.5]) == 3
+    assert lead_time_floor([]) == 0
+    assert floor(1, 4, 3) == (4, "scheduled floor")
+    assert floor(2, 0, 5) == (5, "lead-time floor")
+
+
+def test_safety_net_breaches_and_step():
+    from scaler.policy.safety_net import Limits, breaches, emergency_target
+
+    limits = Limits(queued_requests=100, ttft_p99_s=0.5, kv_usage=0.9, itl_p99_s=0.03)
+    assert breaches("prefill", limits, {"queued_requests": 250, "ttft_p99": 0.2}, {}) == ["queued_requests=250 > 100"]
+    assert breaches("decode", limits, {"itl_p99": 0.01}, {"kv_usage": 0.97}) == ["kv_usage=0.97 > 0.9"]
+    assert breaches("decode", limits, {}, {}) == []  # missing data is not a breach (and not a scale-down)
+    assert emergency_target(4, 0.5) == 6 and emergency_target(1, 0.1) == 2

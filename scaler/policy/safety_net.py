@@ -1,0 +1,44 @@
+"""The reactive safety net: when an observed limit is breached, scale up at once.
+
+Forecasts can be wrong. When the observed prefill queue, TTFT, KV usage or ITL breach their limits,
+the role's target rises immediately by a step (at least one replica, or `step_ratio` of the current
+count), bypassing the scale-up stabilisation and the no-cascade hold. The forecast only ever adds
+capacity above this reactive need, never less.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Limits:
+    queued_requests: float | None = None  # frontend requests waiting for a first token
+    ttft_p99_s: float | None = None
+    kv_usage: float | None = None  # 0..1, decode workers
+    itl_p99_s: float | None = None
+
+
+# Which observed signal each limit watches, per role kind.
+_WATCH = {
+    "prefill": (("queued_requests", "queued_requests"), ("ttft_p99_s", "ttft_p99")),
+    "decode": (("kv_usage", "kv_usage"), ("itl_p99_s", "itl_p99")),
+}
+
+
+def breaches(kind: str, limits: Limits, graph: Mapping[str, float], role: Mapping[str, float]) -> list[str]:
+    """The limits the observations breach for a role of this kind, as readable notes."""
+    out = []
+    for limit_name, signal in _WATCH[kind]:
+        limit = getattr(limits, limit_name)
+        value = role.get(signal, graph.get(signal))
+        if limit is not None and value is not None and value > limit:
+            out.append(f"{signal}={value:.3g} > {limit:g}")
+    return out
+
+
+def emergency_target(current: int, step_ratio: float) -> int:
+    """The target the safety net asks for: current plus max(1, ceil(current x step_ratio))."""
+    return current + max(1, math.ceil(current * step_ratio))
