@@ -1,4 +1,4 @@
-"""The `pdscaler` command line: serve, config, emulate, demo."""
+"""The `pdscaler` command line: serve, config, emulate, demo, forecast-eval."""
 
 from __future__ import annotations
 
@@ -115,6 +115,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_forecast_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from forecasting.evaluation import evaluate, registry_specs
+    from forecasting.series import load_series
+    from scaler.config import parse_duration
+
+    try:
+        horizons = [parse_duration(h) for h in args.horizon.split(",") if h.strip()]
+        step = parse_duration(args.step) if args.step else None
+        warmup = parse_duration(args.warmup) if args.warmup else None
+        quantiles = [float(q) for q in args.quantiles.split(",") if q.strip()]
+        names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        series = load_series(args.trace, args.format, args.series, args.signal, step)
+        specs = registry_specs(names)
+        progress = (lambda msg: print(f"pdscaler forecast-eval: {msg}", file=sys.stderr, flush=True)) if args.progress else None
+        ev = evaluate(series, specs, horizons, quantiles, args.max_origins, args.seed, warmup,
+                      signal=args.signal, trace=args.trace, progress=progress)
+    except (ValueError, OSError) as e:
+        print(f"pdscaler forecast-eval: {e}", file=sys.stderr)
+        return 2
+    print(ev.table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(ev.to_json(), f, indent=2, allow_nan=False)
+            f.write("\n")
+    if args.plot:
+        ev.plot(args.plot)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pdscaler", description="Predictive KEDA external scaler for disaggregated LLM serving")
     p.add_argument("--version", action="version", version=f"pdscaler {__version__}")
@@ -156,6 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rate-scale", type=float, default=10.0, help="multiply the trace's arrival rate (default 10)")
     d.add_argument("--start", type=float, default=0.0, help="start this many trace seconds in")
     d.set_defaults(func=cmd_demo)
+
+    fe = sub.add_parser("forecast-eval", help="rolling-origin evaluation of the forecasting models on a trace")
+    fe.add_argument("--trace", required=True, help="per-request trace (Azure CSV, Mooncake JSONL) or ServeGen rate CSV")
+    fe.add_argument("--format", choices=["azure", "mooncake", "rates"], help="trace format (default: detected)")
+    fe.add_argument("--series", help="category_model of a rate curve (e.g. language/m-large)")
+    fe.add_argument("--signal", default="request_rate",
+                    choices=["request_rate", "prefill_tokens_per_s", "decode_tokens_per_s"],
+                    help="what to forecast (rate curves: request_rate only)")
+    fe.add_argument("--horizon", required=True, help="lead time(s), comma-separated: 2m,5m,10m,1h")
+    fe.add_argument("--step", help="bin width of a per-request trace (default 30s); rate curves: their resolution")
+    fe.add_argument("--models", help="comma-separated registry names (default: all)")
+    fe.add_argument("--quantiles", default="0.5,0.9", help="quantiles scored by pinball loss (default 0.5,0.9)")
+    fe.add_argument("--max-origins", type=int, help="score an evenly spaced subsample of N origins (same for all models)")
+    fe.add_argument("--seed", type=int, default=0)
+    fe.add_argument("--warmup", help="fit on this much history (default: 25%% of the series, >= 3 days if it spans >= 6)")
+    fe.add_argument("--json", help="write the metrics as JSON to this file")
+    fe.add_argument("--plot", help="write a PNG: actual vs the selected model's forecast and the best baseline")
+    fe.add_argument("--progress", action="store_true", help="log each model's progress to stderr")
+    fe.set_defaults(func=cmd_forecast_eval)
     return p
 
 

@@ -151,6 +151,35 @@ class ScrapeSourceConfig(_Model):
     metric_names: MetricNames = Field(default_factory=dict)
 
 
+class ForecastConfig(_Model):
+    """Forecasting of each graph's demand (see forecasting/demand.py)."""
+
+    model: str = Field("auto", description="forecasting model: auto | holt | seasonal-naive | prophet | planner-*")
+    quantiles: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.5, 0.9], description="quantiles forecast for every series"
+    )
+    quantile: float = Field(0.9, gt=0, lt=1, description="the quantile decisions size on")
+    horizon: Duration = Field(300.0, gt=0, description="how far ahead to look: the provisioning lead time")
+    warm_start: Duration = Field(14 * 86400.0, ge=0, description="history fitted at start-up (0 = start cold)")
+    warm_start_step: Duration = Field(60.0, gt=0, description="resolution of the warm-start range queries")
+    seed: int = Field(0, description="seed of every model, for reproducible forecasts")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from forecasting.registry import MODELS
+
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _quantile_is_forecast(self) -> "ForecastConfig":
+        if self.quantile not in self.quantiles:
+            raise ValueError(f"quantile {self.quantile} is not among quantiles {self.quantiles}")
+        return self
+
+
 class ScalerConfig(_Model):
     """The whole configuration of one pdscaler process."""
 
@@ -161,6 +190,7 @@ class ScalerConfig(_Model):
     source: PrometheusSourceConfig | ScrapeSourceConfig = Field(
         default_factory=PrometheusSourceConfig, discriminator="kind"
     )
+    forecast: ForecastConfig = Field(default_factory=ForecastConfig)
     graphs: dict[Name, GraphConfig]
 
     @field_validator("graphs")

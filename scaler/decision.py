@@ -8,7 +8,10 @@ feeds the gRPC answers, the logs, the scaler's metrics and `pdscaler explain`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from forecasting.demand import DemandForecast
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Decision:
     roles: Mapping[str, RoleDecision]
     data_at: float | None = None  # timestamp of the observation it used, if any
     notes: tuple[str, ...] = ()  # problems with the data (dropped values, source errors)
+    forecast: "DemandForecast | None" = None  # the graph's demand forecast at decision time
 
     @property
     def replicas(self) -> dict[str, int]:

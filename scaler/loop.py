@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from forecasting.demand import FORECAST_SERIES
 from scaler.clock import Clock
 from scaler.decision import Decision
 from scaler.engine import Engine
@@ -50,6 +51,25 @@ class DecisionLoop:
         self.ticks += 1
         return decisions
 
+    def warm_start(self) -> dict[str, list[str]]:
+        """Fit every graph's forecasts on the source's history, when it has one (Prometheus)."""
+        fc = self.engine.config.forecast
+        history = getattr(self.source, "history", None)
+        if history is None or fc.warm_start <= 0:
+            return {}
+        end = self.clock.now()
+        fitted = {}
+        for graph in self.engine.graphs:
+            wanted = [(None, name) for name in FORECAST_SERIES]
+            try:
+                got = history(graph, wanted, end - fc.warm_start, end, fc.warm_start_step)
+            except Exception as e:  # warm start is an optimisation: never fatal
+                log.warning("warm start of %s failed: %s", graph, e)
+                continue
+            fitted[graph] = self.engine.warm_start(graph, {name: ty for (_, name), ty in got.items()})
+            log.info("warm start of %s: fitted %s", graph, ", ".join(fitted[graph]) or "nothing (no history)")
+        return fitted
+
     def _observe(self, obs: Observation) -> None:
         try:
             self.engine.observe(obs)
@@ -57,6 +77,7 @@ class DecisionLoop:
             log.warning("dropped observation of %r: %s", obs.graph, e)
 
     def run(self) -> None:
+        self.warm_start()
         next_at = self.clock.now()
         while not self._stop.is_set():
             self.tick()

@@ -29,7 +29,7 @@ DEFAULT_METRIC_NAMES: dict[str, str] = {
     "kv_block_size": "dynamo_frontend_model_kv_cache_block_size",
 }
 
-Aggregation = Literal["rate", "mean", "quantile", "sum", "avg", "max", "count"]
+Aggregation = Literal["rate", "rate_sum", "mean", "quantile", "sum", "avg", "max", "count"]
 # Role filters: which label identifies a role's workers.
 RoleFilter = Literal["none", "worker_type", "component"]
 
@@ -51,12 +51,19 @@ class Signal:
 
 SIGNALS: tuple[Signal, ...] = (
     Signal("request_rate", "graph", "requests_total", "rate", "req/s", "requests arriving at the frontend", hi=1e6),
+    Signal(
+        "prefill_tokens_per_s", "graph", "isl", "rate_sum", "tokens/s", "input tokens arriving per second", hi=1e10
+    ),
+    Signal(
+        "decode_tokens_per_s", "graph", "osl", "rate_sum", "tokens/s", "output tokens requested per second", hi=1e10
+    ),
     Signal("isl_mean", "graph", "isl", "mean", "tokens", "mean input sequence length", hi=1e7),
     Signal("osl_mean", "graph", "osl", "mean", "tokens", "mean output sequence length", hi=1e7),
     Signal("queued_requests", "graph", "queued", "sum", "requests", "requests waiting for their first token", hi=1e7),
     Signal("inflight_requests", "graph", "inflight", "sum", "requests", "requests in the graph", hi=1e7),
     Signal("ttft_p99", "graph", "ttft", "quantile", "s", "p99 time to first token", hi=3600, quantile=0.99),
     Signal("itl_p99", "graph", "itl", "quantile", "s", "p99 inter-token latency", hi=600, quantile=0.99),
+    Signal("itl_mean", "graph", "itl", "mean", "s", "mean inter-token latency", hi=600),
     Signal("kv_block_size", "graph", "kv_block_size", "max", "tokens", "tokens per KV block", hi=1e5),
     Signal(
         "prefill_queued_tokens", "role", "worker_prefill_tokens", "sum", "tokens",

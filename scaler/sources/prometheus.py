@@ -7,7 +7,11 @@ per signal with source.queries; placeholders: {sel} (the graph's and role's labe
 
 from __future__ import annotations
 
+import logging
 import math
+from datetime import datetime, timezone
+
+import numpy as np
 
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
@@ -17,8 +21,11 @@ from scaler.observation import Observation
 from scaler.signals import GRAPH_SIGNALS, Signal, metric_names, role_signals
 from scaler.sources.selection import Matcher, graph_matchers, role_matchers
 
+log = logging.getLogger("pdscaler.sources.prometheus")
+
 TEMPLATES: dict[str, str] = {
     "rate": "sum(rate({metric}{{{sel}}}[{window}]))",
+    "rate_sum": "sum(rate({metric}_sum{{{sel}}}[{window}]))",
     "mean": "sum(rate({metric}_sum{{{sel}}}[{window}])) / sum(rate({metric}_count{{{sel}}}[{window}]))",
     "quantile": "histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{sel}}}[{window}])))",
     "sum": "sum({metric}{{{sel}}})",
@@ -96,6 +103,44 @@ class PrometheusSource:
                 continue  # no series, or no events in the window (0/0): absent, not an error
             (roles[role] if role else signals)[name] = value
         return Observation(graph=graph, at=now, signals=signals, roles=roles, errors=tuple(errors))
+
+    def history(
+        self, graph: str, wanted: list[tuple[str | None, str]], start: float, end: float, step: float
+    ) -> dict[tuple[str | None, str], tuple[np.ndarray, np.ndarray]]:
+        """Range queries for warm start: (role or None, signal name) -> (timestamps, values).
+
+        A query that fails or returns nothing is left out (the caller starts that series cold).
+        """
+        queries = {(role, s.name): q for (role, s), q in self.queries(graph).items()}
+        out: dict[tuple[str | None, str], tuple[np.ndarray, np.ndarray]] = {}
+        # Prometheus refuses more than 11,000 points per series: split long ranges into chunks.
+        chunk = step * 10_000
+        for key in wanted:
+            promql = queries.get(key)
+            if promql is None:
+                continue
+            ts, ys = [], []
+            try:
+                for a in np.arange(start, end, chunk):
+                    b = min(end, a + chunk - step)
+                    result = self.prom.custom_query_range(
+                        query=promql,
+                        start_time=datetime.fromtimestamp(a, timezone.utc),
+                        end_time=datetime.fromtimestamp(b, timezone.utc),
+                        step=promql_window(step),
+                    )
+                    if len(result) == 1:
+                        for t, v in result[0]["values"]:
+                            ts.append(float(t))
+                            ys.append(float(v))
+            except Exception as e:
+                log.warning("warm start of %s %s failed: %s", graph, key, _short(e))
+                if _unreachable(e):
+                    break
+                continue
+            if ts:
+                out[key] = (np.asarray(ts), np.asarray(ys))
+        return out
 
     def collect(self, now: float) -> list[Observation]:
         return [self.collect_graph(g, now) for g in self.config.graphs]

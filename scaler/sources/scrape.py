@@ -137,8 +137,8 @@ class ScrapeSource:
         if base is None:
             return None  # rates need two scrapes within the window
         dt = last.at - base.at
-        if s.agg == "rate":
-            inc = counter_increase(base, last, name, filt)
+        if s.agg in ("rate", "rate_sum"):
+            inc = counter_increase(base, last, name + ("_sum" if s.agg == "rate_sum" else ""), filt)
             return None if inc is None else inc / dt
         if s.agg == "mean":
             total = counter_increase(base, last, name + "_sum", filt)
