@@ -1,10 +1,16 @@
-"""The capacity rule: how many replicas of a role the observed demand needs (pure arithmetic).
+"""The capacity rule: how many replicas of a role a given demand needs (pure arithmetic).
 
-prefill: demand (tokens/s) = request_rate x isl_mean + queued_prefill_tokens / backlog_drain;
-         replicas = demand / (tokens_per_s x target_utilization).
+The same rule sizes the observed demand (the reactive need) and the forecast demand (the
+predictive need); only the demand figures differ. Per-replica capacity comes from the capacity
+profile (scaler/capacity_profile.py) at the demand's mean lengths, times the online correction
+(scaler/correction.py), times the planned utilisation:
+
+prefill: demand (tokens/s) = arrival tokens/s + queued prefill tokens / backlog_drain;
+         replicas = demand / (profile.prefill(ISL) x correction x target_utilization).
 decode:  replicas = max(KV tokens in use / (kv_tokens x target_utilization),
-                        request_rate x osl_mean / (tokens_per_s x target_utilization)).
-The result is fractional; the engine rounds it up and the policy layer bounds it.
+                        decode tokens/s / (profile.decode(ISL + OSL/2) x correction x target_utilization)).
+
+The result is fractional; the policy layer rounds it up and bounds it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from scaler.capacity_profile import DecodeProfile, PrefillProfile
 from scaler.config import DecodeCapacity, PrefillCapacity
 
 
@@ -28,6 +35,62 @@ class MissingInput(Exception):
     """The inputs the rule needs are not available; the message names them."""
 
 
+@dataclass(frozen=True)
+class PrefillDemand:
+    arrival_tokens_per_s: float
+    queued_tokens: float
+    isl: float | None  # mean input length; None when unknown (no traffic)
+
+
+@dataclass(frozen=True)
+class DecodeDemand:
+    kv_tokens: float | None  # KV tokens in use (or forecast to be)
+    tokens_per_s: float | None  # decode tokens/s requested
+    context: float | None  # mean tokens a running sequence holds (ISL + OSL/2)
+
+
+def prefill_need(demand: PrefillDemand, profile: PrefillProfile, policy: PrefillCapacity,
+                 correction: float = 1.0) -> Need:
+    per_replica = profile.throughput(demand.isl if demand.isl is not None else 0.0) * correction
+    usable = per_replica * policy.target_utilization
+    backlog = demand.queued_tokens / policy.backlog_drain
+    total = demand.arrival_tokens_per_s + backlog
+    return Need(
+        replicas=total / usable,
+        term="backlog" if backlog > demand.arrival_tokens_per_s else "arrivals",
+        figures={
+            "arrival_tokens_per_s": demand.arrival_tokens_per_s,
+            "backlog_tokens_per_s": backlog,
+            "demand_tokens_per_s": total,
+            "tokens_per_s_per_replica": per_replica,
+            "usable_tokens_per_s_per_replica": usable,
+        },
+    )
+
+
+def decode_need(demand: DecodeDemand, profile: DecodeProfile, policy: DecodeCapacity,
+                correction: float = 1.0) -> Need:
+    figures: dict[str, float] = {}
+    terms: dict[str, float] = {}
+    if demand.kv_tokens is not None:
+        usable_kv = profile.kv_tokens * policy.target_utilization
+        figures |= {"kv_tokens": demand.kv_tokens, "usable_kv_tokens_per_replica": usable_kv}
+        terms["kv"] = demand.kv_tokens / usable_kv
+    if demand.tokens_per_s is not None:
+        per_replica = profile.throughput(demand.context or 0.0) * correction
+        usable = per_replica * policy.target_utilization
+        figures |= {"decode_tokens_per_s": demand.tokens_per_s, "tokens_per_s_per_replica": per_replica,
+                    "usable_tokens_per_s_per_replica": usable}
+        terms["throughput"] = demand.tokens_per_s / usable
+    if not terms:
+        raise MissingInput("missing KV usage (kv_active_blocks) and decode token rate (request_rate, osl_mean)")
+    term = max(terms, key=terms.__getitem__)
+    return Need(replicas=terms[term], term=term, figures=figures)
+
+
+# --- Reading the demand from an observation --------------------------------------------------------
+
+
 def _req(signals: Mapping[str, float], *names: str) -> list[float]:
     missing = [n for n in names if n not in signals]
     if missing:
@@ -35,50 +98,33 @@ def _req(signals: Mapping[str, float], *names: str) -> list[float]:
     return [signals[n] for n in names]
 
 
-def prefill_need(cap: PrefillCapacity, graph: Mapping[str, float], role: Mapping[str, float]) -> Need:
+def observed_prefill_demand(graph: Mapping[str, float], role: Mapping[str, float]) -> PrefillDemand:
     (rate,) = _req(graph, "request_rate")
     # With no traffic the mean ISL is 0/0 (NaN in PromQL, hence dropped): arrival demand is then 0.
-    isl = 0.0 if rate == 0 else _req(graph, "isl_mean")[0]
-    arrival = rate * isl
-    queued = role.get("prefill_queued_tokens", 0.0)
-    backlog = queued / cap.backlog_drain
-    usable = cap.tokens_per_s * cap.target_utilization
-    demand = arrival + backlog
-    return Need(
-        replicas=demand / usable,
-        term="backlog" if backlog > arrival else "arrivals",
-        figures={
-            "arrival_tokens_per_s": arrival,
-            "backlog_tokens_per_s": backlog,
-            "demand_tokens_per_s": demand,
-            "usable_tokens_per_s_per_replica": usable,
-        },
-    )
+    isl = None if rate == 0 else _req(graph, "isl_mean")[0]
+    arrival = graph.get("prefill_tokens_per_s", rate * (isl or 0.0))
+    return PrefillDemand(arrival, role.get("prefill_queued_tokens", 0.0), isl)
 
 
-def decode_need(cap: DecodeCapacity, graph: Mapping[str, float], role: Mapping[str, float]) -> Need:
-    figures: dict[str, float] = {}
-    terms: dict[str, float] = {}
-    kv_used = _kv_tokens_in_use(cap, graph, role)
-    if kv_used is not None:
-        usable_kv = cap.kv_tokens * cap.target_utilization
-        figures |= {"kv_tokens_in_use": kv_used, "usable_kv_tokens_per_replica": usable_kv}
-        terms["kv"] = kv_used / usable_kv
+def observed_decode_demand(graph: Mapping[str, float], role: Mapping[str, float], kv_tokens: float) -> DecodeDemand:
+    kv_used = kv_tokens_in_use(graph, role, kv_tokens)
     rate = graph.get("request_rate")
+    token_rate = None
     if rate is not None and (rate == 0 or "osl_mean" in graph):
-        token_rate = 0.0 if rate == 0 else rate * graph["osl_mean"]
-        usable = cap.tokens_per_s * cap.target_utilization
-        figures |= {"decode_tokens_per_s": token_rate, "usable_tokens_per_s_per_replica": usable}
-        terms["throughput"] = token_rate / usable
-    if not terms:
-        raise MissingInput("missing KV usage (kv_active_blocks) and decode token rate (request_rate, osl_mean)")
-    term = max(terms, key=terms.__getitem__)
-    return Need(replicas=terms[term], term=term, figures=figures)
+        token_rate = 0.0 if rate == 0 else graph.get("decode_tokens_per_s", rate * graph["osl_mean"])
+    return DecodeDemand(kv_used, token_rate, context(graph))
 
 
-def _kv_tokens_in_use(cap: DecodeCapacity, graph: Mapping[str, float], role: Mapping[str, float]) -> float | None:
+def context(graph: Mapping[str, float]) -> float | None:
+    """Mean tokens a running sequence holds: its prompt plus half its output on average."""
+    if "isl_mean" in graph and "osl_mean" in graph:
+        return graph["isl_mean"] + graph["osl_mean"] / 2.0
+    return None
+
+
+def kv_tokens_in_use(graph: Mapping[str, float], role: Mapping[str, float], kv_tokens: float) -> float | None:
     if "kv_active_blocks" in role and "kv_block_size" in graph:
         return role["kv_active_blocks"] * graph["kv_block_size"]
     if "kv_usage" in role and "ready_workers" in role:
-        return role["kv_usage"] * role["ready_workers"] * cap.kv_tokens
+        return role["kv_usage"] * role["ready_workers"] * kv_tokens
     return None

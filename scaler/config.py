@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from scaler.capacity_profile import CapacityProfile  # noqa: E402  (no import cycle: it imports config lazily)
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -67,10 +69,62 @@ class DecodeCapacity(_Model):
     target_utilization: float = Field(0.8, gt=0, le=1, description="plan to fill at most this share of KV and throughput")
 
 
+class Stabilisation(_Model):
+    """HPA semantics: a rise is acted on at the LOWEST recommendation of the scale-up window, a fall at
+    the HIGHEST of the scale-down window. Defaults: the HPA's (0 s up, 300 s down)."""
+
+    scale_up: Duration = Field(0.0, description="scale-up stabilisation window")
+    scale_down: Duration = Field(300.0, description="scale-down stabilisation window")
+
+
+class MaxStep(_Model):
+    """How far one decision may move a role's target (None = unlimited)."""
+
+    up: int | None = Field(None, ge=1, description="at most this many replicas more per decision")
+    up_ratio: float | None = Field(None, gt=0, description="or at most this share of the current count more")
+    down: int | None = Field(None, ge=1, description="at most this many replicas fewer per decision")
+
+
+class Startup(_Model):
+    """How long a new replica takes to serve: the lead time forecasts must look ahead."""
+
+    warm: Duration = Field(90.0, gt=0, description="model load on a provisioned node (AKS walk-through: ~90 s)")
+    cold: Duration = Field(
+        390.0, gt=0, description="when a node must be provisioned first (~3-8 min node + model load)"
+    )
+    learn: bool = Field(True, description="learn the warm start-up time from observed rollouts")
+
+
+class ScheduleEntry(_Model):
+    """A floor in force on some weekdays between two times of day (in the graph's time zone)."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    )
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM")
+    end: str = Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$", description="HH:MM; before start = runs past midnight")
+    min_replicas: int = Field(ge=0)
+
+
+class SafetyNet(_Model):
+    """Observed limits that trigger an immediate scale-up (None = not watched). TTFT and ITL limits
+    default to the graph's SLOs."""
+
+    enabled: bool = True
+    queued_requests: float | None = Field(None, ge=0, description="prefill roles: frontend queue length")
+    ttft_p99_s: float | None = Field(None, gt=0, description="prefill roles; default: slo.ttft_s")
+    kv_usage: float | None = Field(0.95, gt=0, le=1, description="decode roles: KV-cache usage share")
+    itl_p99_s: float | None = Field(None, gt=0, description="decode roles; default: slo.itl_s")
+    step_ratio: float = Field(0.5, gt=0, description="scale up by max(1, this share of the current count)")
+
+
 class RoleConfig(_Model):
     """One scaled role of a serving graph (a DGD service behind a scaling adapter)."""
 
-    kind: Literal["prefill", "decode"] = Field(description="which capacity rule sizes this role")
+    kind: Literal["prefill", "decode", "warm"] = Field(
+        description="which capacity rule sizes this role; warm = placeholder (balloon) pods keeping GPU "
+        "nodes provisioned for forecast scale-ups"
+    )
     min_replicas: int = Field(1, ge=0, description="floor; also the answer before any data arrives")
     max_replicas: int = Field(16, ge=1, description="ceiling")
     gpus_per_replica: int = Field(1, ge=1)
@@ -79,11 +133,40 @@ class RoleConfig(_Model):
     )
     prefill: PrefillCapacity = PrefillCapacity()
     decode: DecodeCapacity = DecodeCapacity()
+    stabilisation: Stabilisation = Stabilisation()
+    max_step: MaxStep = MaxStep()
+    startup: Startup = Startup()
+    schedule: list[ScheduleEntry] = Field(default_factory=list, description="scheduled floors (warm-pool minimums)")
+    lead_time_floor: bool = Field(
+        True, description="never go below what the forecast needs within the cold start-up time"
+    )
+    safety_net: SafetyNet = SafetyNet()
+    no_cascade: bool = Field(True, description="no new scale-up while replicas asked for earlier are starting")
 
     @model_validator(mode="after")
     def _bounds(self) -> "RoleConfig":
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        return self
+
+
+class Slo(_Model):
+    """Service-level objectives. Defaults: MLPerf Inference's interactive Llama-3.1-8B scenario."""
+
+    ttft_s: float = Field(0.5, gt=0, description="time to first token")
+    itl_s: float = Field(0.03, gt=0, description="inter-token latency")
+
+
+class RatioBounds(_Model):
+    """Bounds on prefill replicas / decode replicas (None = unbounded)."""
+
+    min: float | None = Field(None, gt=0)
+    max: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RatioBounds":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) > max ({self.max})")
         return self
 
 
@@ -99,6 +182,30 @@ class GraphConfig(_Model):
         '(default: dynamo_namespace="<namespace>-<graph>")',
     )
     roles: dict[Name, RoleConfig]
+    mode: Literal["active", "advisory"] = Field(
+        "active", description="advisory: compute, export and explain decisions, but keep the current replicas"
+    )
+    slo: Slo = Field(default_factory=lambda: Slo())
+    profile: str | CapacityProfile | None = Field(
+        None, description="capacity profile: a YAML file path or inline; default: the roles' flat figures"
+    )
+    decision_window: Duration = Field(
+        60.0, gt=0, description="targets cover forecast demand over [now + lead time, now + lead time + this]"
+    )
+    gpu_budget: int | None = Field(None, ge=1, description="GPUs all roles of the graph may use together")
+    prefill_decode_ratio: RatioBounds = Field(default_factory=lambda: RatioBounds())
+    timezone: str = Field("UTC", description="time zone of the roles' schedules")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_tz(cls, tz: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {tz!r}") from None
+        return tz
 
     @field_validator("roles")
     @classmethod
@@ -154,12 +261,15 @@ class ScrapeSourceConfig(_Model):
 class ForecastConfig(_Model):
     """Forecasting of each graph's demand (see forecasting/demand.py)."""
 
+    enabled: bool = Field(True, description="false: size on observed demand only (purely reactive)")
     model: str = Field("auto", description="forecasting model: auto | holt | seasonal-naive | prophet | planner-*")
     quantiles: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
         default_factory=lambda: [0.5, 0.9], description="quantiles forecast for every series"
     )
     quantile: float = Field(0.9, gt=0, lt=1, description="the quantile decisions size on")
-    horizon: Duration = Field(300.0, gt=0, description="how far ahead to look: the provisioning lead time")
+    horizon: Duration = Field(
+        300.0, gt=0, description="the horizon shown in reasons and explain (decisions look ahead by each role's start-up time)"
+    )
     warm_start: Duration = Field(14 * 86400.0, ge=0, description="history fitted at start-up (0 = start cold)")
     warm_start_step: Duration = Field(60.0, gt=0, description="resolution of the warm-start range queries")
     seed: int = Field(0, description="seed of every model, for reproducible forecasts")

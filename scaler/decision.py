@@ -29,8 +29,10 @@ class Reason:
 class RoleDecision:
     role: str
     kind: str
-    replicas: int
+    replicas: int  # the target KEDA is answered with
     reason: Reason
+    advised: int | None = None  # advisory mode: what pdscaler would have asked for
+    steps: tuple[str, ...] = ()  # each rule of the pipeline that had a say, in order
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,10 @@ class Decision:
         """A multi-line, human-readable account of the decision."""
         lines = [f"graph {self.graph} at t={self.at:.1f}" + (f" (data from t={self.data_at:.1f})" if self.data_at is not None else " (no data)")]
         for role, d in self.roles.items():
-            lines.append(f"  {role} ({d.kind}): {d.replicas} replicas - {d.reason}")
+            advised = f" (advisory: would ask for {d.advised})" if d.advised is not None else ""
+            lines.append(f"  {role} ({d.kind}): {d.replicas} replicas{advised} - {d.reason}")
+            for step in d.steps:
+                lines.append(f"    - {step}")
             if d.reason.inputs:
                 lines.append("    inputs:  " + ", ".join(f"{k}={v:.4g}" for k, v in d.reason.inputs.items()))
             if d.reason.figures:

@@ -8,13 +8,30 @@ this same class:
     engine.observe(Observation(graph="example", at=t, signals={...}, roles={...}))
     decision = engine.decide(now=t, graph="example")
     decision.replicas   # {"prefill": 3, "decode": 2}
-    decision.reasons    # {"prefill": Reason(rule="capacity", ...), ...}
+    decision.reasons    # {"prefill": Reason(rule="forecast", ...), ...}
+
+The pipeline, per prefill/decode role (each rule in its own module under scaler/policy/):
+
+1. untrusted data (none, stale, or the inputs missing) -> hold the last target, never lower;
+2. reactive need = the capacity rule on the observed demand (scaler/capacity.py);
+   predictive need = the same rule on the forecast demand (quantile `forecast.quantile`) over
+   [now + lead, now + lead + decision_window], lead = the role's (learned) warm start-up time;
+   need = the larger: the forecast only ever adds capacity above the reactive need;
+3. reactive safety net: an observed breach (queue, TTFT, KV usage, ITL) asks for at least
+   current + max(1, step_ratio x current) at once, bypassing stabilisation and no-cascade;
+4. warm-pool floors: min_replicas, the schedule, and the lead-time floor (what the forecast needs
+   within the cold start-up time; within the warm one when the graph has a `warm` role);
+5. stabilisation windows (HPA semantics), then the max step, then no cascade;
+then per graph: the prefill:decode ratio, the GPU budget, min/max bounds, the `warm` role (balloon
+pods for the GPUs the forecast needs within the cold start-up time beyond the serving targets),
+and advisory mode (answer the current replicas, export what would have been asked for).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, field
+from datetime import time as dtime
 from pathlib import Path
 from typing import Mapping
 
@@ -22,12 +39,32 @@ import numpy as np
 
 from forecasting.demand import DemandForecast, DemandForecaster
 
-from scaler.capacity import MissingInput, Need, decode_need, prefill_need
+from scaler.capacity import (
+    DecodeDemand,
+    MissingInput,
+    Need,
+    PrefillDemand,
+    context,
+    decode_need,
+    observed_decode_demand,
+    observed_prefill_demand,
+    prefill_need,
+)
+from scaler.capacity_profile import CapacityProfile, flat_profile, load_profile
 from scaler.config import GraphConfig, RoleConfig, ScalerConfig, load_config
+from scaler.correction import CapacityCorrection
 from scaler.decision import Decision, Reason, RoleDecision
 from scaler.observation import Observation, sanitize
 from scaler.policy.bounds import bound
+from scaler.policy.budget import fit_budget
+from scaler.policy.cascade import hold_while_starting
 from scaler.policy.missing_data import hold, staleness
+from scaler.policy.ratio import keep_ratio
+from scaler.policy.safety_net import Limits, breaches, emergency_target
+from scaler.policy.stabilisation import Stabiliser
+from scaler.policy.step_limit import limit_step
+from scaler.policy.warm_pool import ScheduledFloor, lead_time_floor, scheduled_floor
+from scaler.startup import StartupTracker
 
 
 class UnknownGraph(KeyError):
@@ -39,6 +76,37 @@ class UnknownGraph(KeyError):
         return f"unknown graph {self.graph!r}; configured graphs: {', '.join(self.known)}"
 
 
+@dataclass
+class _RoleState:
+    """What the engine remembers of a role between decisions."""
+
+    stabiliser: Stabiliser
+    startup: StartupTracker
+    correction: CapacityCorrection = field(default_factory=CapacityCorrection)
+    target: int | None = None  # the last target computed (advised, in advisory mode)
+
+
+@dataclass
+class _Sized:
+    """A role's target as it moves through the pipeline, with the steps that moved it."""
+
+    role: str
+    kind: str
+    value: int
+    rule: str
+    message: str
+    inputs: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=dict)
+    steps: list[str] = field(default_factory=list)
+    held: bool = False  # untrusted data: no later rule may lower it
+    emergency: bool = False
+
+    def bind(self, value: int, rule: str, note: str) -> None:
+        if value != self.value:
+            self.steps.append(f"{rule}: {self.value} -> {value} ({note})")
+            self.value, self.rule, self.message = value, rule, note
+
+
 class Engine:
     def __init__(self, config: ScalerConfig) -> None:
         self.config = config
@@ -48,6 +116,17 @@ class Engine:
         self._forecasters = {
             g: DemandForecaster(fc.model, step_s=config.poll_interval, seed=fc.seed, quantiles=fc.quantiles)
             for g in config.graphs
+        }
+        self._profiles = {g: _profile(gcfg) for g, gcfg in config.graphs.items()}
+        self._state = {
+            g: {
+                r: _RoleState(
+                    stabiliser=Stabiliser(rc.stabilisation.scale_up, rc.stabilisation.scale_down),
+                    startup=StartupTracker(rc.startup.warm, rc.startup.cold, rc.startup.learn),
+                )
+                for r, rc in gcfg.roles.items()
+            }
+            for g, gcfg in config.graphs.items()
         }
 
     @classmethod
@@ -63,6 +142,10 @@ class Engine:
             return self.config.graphs[graph]
         except KeyError:
             raise UnknownGraph(graph, self.graphs) from None
+
+    def profile(self, graph: str) -> CapacityProfile:
+        self.graph_config(graph)
+        return self._profiles[graph]
 
     def observe(self, obs: Observation) -> None:
         """Record an observation. Older-than-latest observations are ignored; bad values dropped."""
@@ -86,6 +169,10 @@ class Engine:
     def latest(self, graph: str) -> Observation | None:
         return self._latest.get(graph)
 
+    def lead_times(self, graph: str) -> dict[str, tuple[float, float]]:
+        """Per role, the (warm, cold) start-up times in use (learned from rollouts when enabled)."""
+        return {r: (s.startup.warm_s, s.startup.cold_s) for r, s in self._state[graph].items()}
+
     def decide(self, now: float, graph: str | None = None) -> Decision:
         """The decision for `graph` (optional when only one graph is configured) at time `now`."""
         if graph is None:
@@ -94,30 +181,286 @@ class Engine:
             graph = self.graphs[0]
         gcfg = self.graph_config(graph)
         obs = self._latest.get(graph)
-        previous = self._last.get(graph)
         untrusted = staleness(now, obs.at if obs else None, self.config.stale_after)
-        forecast = self.forecast(now, graph)
-        roles = {}
+        states = self._state[graph]
+        has_warm = any(rc.kind == "warm" for rc in gcfg.roles.values())
         for role, rcfg in gcfg.roles.items():
-            prev = previous.roles[role].replicas if previous and role in previous.roles else None
+            ready = obs.roles.get(role, {}).get("ready_workers") if obs else None
+            states[role].startup.observe(now, states[role].target, ready)
+        horizons = self._horizons(graph)
+        forecast = self.forecast(now, graph, horizons) if self.config.forecast.enabled else None
+        q = self.config.forecast.quantile
+
+        sized: dict[str, _Sized] = {}
+        needs_by_h: dict[str, np.ndarray] = {}  # predicted replicas per horizon, for the warm role
+        for role, rcfg in gcfg.roles.items():
+            if rcfg.kind == "warm":
+                continue
+            st = states[role]
+            current = self._current(st, rcfg, obs, role)
             if untrusted:
-                rd = _held(role, rcfg, prev, "no-data" if obs is None else "stale-data", untrusted)
-            else:
-                rd = _sized(role, rcfg, obs, prev)
-            roles[role] = _with_forecast(rd, forecast, self.config.forecast.quantiles)
-        decision = Decision(
-            graph=graph,
-            at=now,
-            roles=roles,
-            data_at=obs.at if obs else None,
-            notes=obs.errors if obs else (),
-            forecast=forecast,
-        )
+                sized[role] = _held(role, rcfg, st.target, "no-data" if obs is None else "stale-data", untrusted)
+                continue
+            try:
+                s, per_h = self._need(now, graph, gcfg, role, rcfg, obs, forecast, horizons, q, current, has_warm)
+            except MissingInput as e:
+                why = str(e) + (f" ({obs.errors[-1]})" if obs.errors else "")
+                sized[role] = _held(role, rcfg, st.target, "missing-data", why)
+                continue
+            needs_by_h[role] = per_h
+            self._stabilise(now, s, rcfg, st, current, obs.roles.get(role, {}))
+            sized[role] = s
+
+        self._graph_rules(gcfg, sized)
+        for role, rcfg in gcfg.roles.items():
+            if rcfg.kind == "warm":
+                sized[role] = self._warm_role(role, rcfg, gcfg, sized, needs_by_h, horizons, untrusted,
+                                              states[role].target)
+        roles = {}
+        for role, s in sized.items():
+            states[role].target = s.value
+            roles[role] = self._finish(s, gcfg, obs, role, forecast)
+        decision = Decision(graph=graph, at=now, roles=roles, data_at=obs.at if obs else None,
+                            notes=obs.errors if obs else (), forecast=forecast)
         self._last[graph] = decision
         return decision
 
     def decide_all(self, now: float) -> dict[str, Decision]:
         return {g: self.decide(now, g) for g in self.config.graphs}
+
+    # --- the pipeline's pieces -----------------------------------------------------------------
+
+    def _horizons(self, graph: str) -> list[float]:
+        """Forecast horizons: a grid from now to the longest look-ahead any role needs."""
+        gcfg = self.config.graphs[graph]
+        far = max(max(w, c) for w, c in self.lead_times(graph).values()) + gcfg.decision_window
+        step = max(self.config.poll_interval, 15.0)
+        return [float(h) for h in np.arange(0.0, far + step, step)]
+
+    @staticmethod
+    def _current(st: _RoleState, rcfg: RoleConfig, obs: Observation | None, role: str) -> int:
+        if st.target is not None:
+            return st.target
+        ready = obs.roles.get(role, {}).get("ready_workers") if obs else None
+        return int(ready) if ready is not None else rcfg.min_replicas
+
+    def _need(self, now: float, graph: str, gcfg: GraphConfig, role: str, rcfg: RoleConfig, obs: Observation,
+              forecast: DemandForecast | None, horizons: list[float], q: float, current: int, has_warm: bool
+              ) -> tuple[_Sized, np.ndarray]:
+        st = self._state[graph][role]
+        profile = self._profiles[graph]
+        g, r = obs.signals, obs.roles.get(role, {})
+        if rcfg.kind == "prefill":
+            demand = observed_prefill_demand(g, r)
+            reactive = prefill_need(demand, profile.prefill, rcfg.prefill, st.correction.factor)
+            load = _load(reactive.figures.get("arrival_tokens_per_s"), reactive.figures.get("tokens_per_s_per_replica"),
+                         r.get("ready_workers"))
+            st.correction.update(now, g.get("ttft_p99"), gcfg.slo.ttft_s, load)
+            per_h = (self._forecast_need_prefill(forecast, q, demand.isl, profile, rcfg, st.correction.factor)
+                     if forecast else np.full(len(horizons), np.nan))
+        else:
+            demand = observed_decode_demand(g, r, profile.decode.kv_tokens)
+            reactive = decode_need(demand, profile.decode, rcfg.decode, st.correction.factor)
+            load = _load(reactive.figures.get("decode_tokens_per_s"), reactive.figures.get("tokens_per_s_per_replica"),
+                         r.get("ready_workers"))
+            st.correction.update(now, g.get("itl_p99"), gcfg.slo.itl_s, load)
+            per_h = (self._forecast_need_decode(forecast, q, context(g), profile, rcfg, st.correction.factor)
+                     if forecast else np.full(len(horizons), np.nan))
+        warm_s, cold_s = st.startup.warm_s, st.startup.cold_s
+        h = np.asarray(horizons)
+        window = (h >= warm_s - 1e-9) & (h <= warm_s + gcfg.decision_window + 1e-9)
+        if not window.any():
+            window = h >= h[-1]
+        finite = per_h[window][np.isfinite(per_h[window])]
+        predictive = float(finite.max()) if finite.size else None
+
+        inputs = {**g, **r}
+        figures = {**reactive.figures, "reactive_replicas": reactive.replicas, "lead_time_s": warm_s,
+                   "capacity_correction": st.correction.factor}
+        if predictive is not None and predictive > reactive.replicas:
+            raw, rule = predictive, "forecast"
+            message = (f"forecast p{round(q * 100)} demand over [now+{warm_s:.0f}s, +{gcfg.decision_window:.0f}s] needs "
+                       f"{predictive:.2f} replicas (observed demand: {reactive.replicas:.2f}, {reactive.term})")
+        else:
+            raw, rule = reactive.replicas, "capacity"
+            message = f"observed demand needs {reactive.replicas:.2f} replicas ({reactive.term})"
+            if predictive is not None:
+                message += f"; forecast needs no more ({predictive:.2f})"
+        if predictive is not None:
+            figures["predictive_replicas"] = predictive
+        s = _Sized(role, rcfg.kind, max(0, math.ceil(raw - 1e-9)), rule, message, inputs, figures)
+        s.steps.append(f"{rule}: {s.value} ({message})")
+
+        # Reactive safety net.
+        net = rcfg.safety_net
+        if net.enabled:
+            limits = Limits(
+                queued_requests=net.queued_requests,
+                ttft_p99_s=net.ttft_p99_s or gcfg.slo.ttft_s,
+                kv_usage=net.kv_usage,
+                itl_p99_s=net.itl_p99_s or gcfg.slo.itl_s,
+            )
+            breached = breaches(rcfg.kind, limits, g, r)
+            if breached:
+                want = emergency_target(current, net.step_ratio)
+                if want > s.value:
+                    s.bind(want, "safety-net", "observed " + ", ".join(breached) + f": scale up at once from {current}")
+                s.emergency = True
+
+        # Warm-pool floors: scheduled and lead-time (min_replicas comes with the bounds).
+        sched, entry = scheduled_floor(now, _schedule(rcfg), gcfg.timezone)
+        if sched > s.value:
+            s.bind(sched, "scheduled-floor", f"{entry.start:%H:%M}-{entry.end:%H:%M} {','.join(entry.days)} floor {sched}")
+        if rcfg.lead_time_floor:
+            reach = warm_s if has_warm else cold_s
+            ahead = per_h[(h <= reach + 1e-9) & np.isfinite(per_h)]
+            floor = lead_time_floor(ahead.tolist())
+            if floor > s.value:
+                s.bind(floor, "lead-time-floor",
+                       f"the forecast needs {floor} within the {'warm' if has_warm else 'cold'} start-up time ({reach:.0f}s)")
+        return s, per_h
+
+    @staticmethod
+    def _forecast_need_prefill(forecast: DemandForecast, q: float, isl: float | None, profile: CapacityProfile,
+                               rcfg: RoleConfig, factor: float) -> np.ndarray:
+        if "prefill_tokens_per_s" not in forecast.series:
+            return np.full(len(forecast.horizons), np.nan)
+        d = forecast.at("prefill_tokens_per_s", q)
+        return np.array([prefill_need(PrefillDemand(float(x), 0.0, isl), profile.prefill, rcfg.prefill, factor).replicas
+                         if math.isfinite(x) else math.nan for x in d])
+
+    @staticmethod
+    def _forecast_need_decode(forecast: DemandForecast, q: float, ctx: float | None, profile: CapacityProfile,
+                              rcfg: RoleConfig, factor: float) -> np.ndarray:
+        rate = forecast.at("decode_tokens_per_s", q) if "decode_tokens_per_s" in forecast.series else None
+        kv = forecast.kv_tokens.get(q)
+        out = np.full(len(forecast.horizons), np.nan)
+        for i in range(len(out)):
+            tr = float(rate[i]) if rate is not None and math.isfinite(rate[i]) else None
+            kt = float(kv[i]) if kv is not None and math.isfinite(kv[i]) else None
+            if tr is None and kt is None:
+                continue
+            out[i] = decode_need(DecodeDemand(kt, tr, ctx), profile.decode, rcfg.decode, factor).replicas
+        return out
+
+    @staticmethod
+    def _stabilise(now: float, s: _Sized, rcfg: RoleConfig, st: _RoleState, current: int,
+                   role_signals: Mapping[str, float]) -> None:
+        if s.emergency:
+            st.stabiliser.apply(now, s.value, current)  # remembered, but an emergency is not delayed
+        else:
+            v, note = st.stabiliser.apply(now, s.value, current)
+            if note:
+                s.bind(v, "stabilisation", note)
+        ms = rcfg.max_step
+        v, note = limit_step(s.value, current, ms.up, ms.down, ms.up_ratio)
+        if note:
+            s.bind(v, "max-step", note)
+        if rcfg.no_cascade and not s.emergency:
+            ready = role_signals.get("ready_workers")
+            v, note = hold_while_starting(s.value, current, int(ready) if ready is not None else None)
+            if note:
+                s.bind(v, "no-cascade", note)
+
+    @staticmethod
+    def _graph_rules(gcfg: GraphConfig, sized: dict[str, _Sized]) -> None:
+        roles = gcfg.roles
+        live = {r: s for r, s in sized.items() if not s.held}
+        # Prefill:decode ratio (raises only).
+        pre = [r for r in live if roles[r].kind == "prefill"]
+        dec = [r for r in live if roles[r].kind == "decode"]
+        ratio = gcfg.prefill_decode_ratio
+        if len(pre) == 1 and len(dec) == 1 and (ratio.min or ratio.max):
+            p, d = live[pre[0]], live[dec[0]]
+            np_, nd, note = keep_ratio(p.value, d.value, ratio.min, ratio.max)
+            if note:
+                p.bind(np_, "ratio", note)
+                d.bind(nd, "ratio", note)
+        # min/max bounds.
+        for r, s in sized.items():
+            v, which = bound(s.value, roles[r].min_replicas, roles[r].max_replicas)
+            if which:
+                s.bind(v, which, f"bounded to {which}={v}")
+        # GPU budget (shared by the serving roles; floors are min_replicas).
+        if gcfg.gpu_budget is not None:
+            serving = {r: s for r, s in sized.items() if roles[r].kind != "warm"}
+            fitted, note = fit_budget({r: s.value for r, s in serving.items()},
+                                      {r: roles[r].gpus_per_replica for r in serving},
+                                      {r: roles[r].min_replicas for r in serving}, gcfg.gpu_budget)
+            if note:
+                for r, s in serving.items():
+                    s.bind(fitted[r], "gpu-budget", note)
+
+    @staticmethod
+    def _warm_role(role: str, rcfg: RoleConfig, gcfg: GraphConfig, sized: dict[str, _Sized],
+                   needs_by_h: dict[str, np.ndarray], horizons: list[float], untrusted: str | None,
+                   previous: int | None) -> _Sized:
+        """Balloon pods for the GPUs the forecast needs within the cold start-up time (plus the
+        decision window) beyond what the serving roles' targets already hold."""
+        if untrusted:
+            return _held(role, rcfg, previous, "stale-data" if "old" in untrusted else "no-data", untrusted)
+        roles = gcfg.roles
+        held_gpus = sum(s.value * roles[r].gpus_per_replica for r, s in sized.items())
+        cold = max(rc.startup.cold for rc in roles.values() if rc.kind != "warm") if needs_by_h else 0.0
+        h = np.asarray(horizons)
+        mask = h <= cold + gcfg.decision_window + 1e-9
+        need_gpus = 0.0
+        for r, per_h in needs_by_h.items():
+            vals = per_h[mask]
+            vals = vals[np.isfinite(vals)]
+            if vals.size:
+                need_gpus += math.ceil(float(vals.max()) - 1e-9) * roles[r].gpus_per_replica
+        spare = max(0.0, need_gpus - held_gpus)
+        pods = math.ceil(spare / rcfg.gpus_per_replica - 1e-9)
+        message = (f"forecast needs {need_gpus:.0f} GPUs within {cold + gcfg.decision_window:.0f}s, "
+                   f"serving targets hold {held_gpus}: keep {pods} placeholder pod(s) warm")
+        s = _Sized(role, "warm", pods, "warm-pool", message,
+                   figures={"forecast_gpus": need_gpus, "serving_gpus": float(held_gpus)})
+        v, which = bound(s.value, rcfg.min_replicas, rcfg.max_replicas)
+        if which:
+            s.bind(v, which, f"bounded to {which}={v}")
+        return s
+
+    def _finish(self, s: _Sized, gcfg: GraphConfig, obs: Observation | None, role: str,
+                forecast: DemandForecast | None) -> RoleDecision:
+        figures = dict(s.figures)
+        if forecast is not None and s.kind != "warm" and not s.held:
+            figures |= _forecast_figures(s.kind, forecast, self.config.forecast.quantiles,
+                                         self.config.forecast.horizon)
+        reason = Reason(s.rule, s.message, s.inputs, figures)
+        if gcfg.mode == "advisory":
+            ready = obs.roles.get(role, {}).get("ready_workers") if obs else None
+            answer = int(ready) if ready is not None else gcfg.roles[role].min_replicas
+            return RoleDecision(role, s.kind, answer, reason, advised=s.value, steps=tuple(s.steps))
+        return RoleDecision(role, s.kind, s.value, reason, steps=tuple(s.steps))
+
+
+def _load(demand: float | None, per_replica: float | None, ready: float | None) -> float | None:
+    """Demand as a share of the ready replicas' capacity (None when unknown)."""
+    if demand is None or per_replica is None or not ready:
+        return None
+    return demand / (per_replica * ready)
+
+
+def _schedule(rcfg: RoleConfig) -> list[ScheduledFloor]:
+    def t(hhmm: str) -> dtime:
+        h, m = map(int, hhmm.split(":"))
+        return dtime(23, 59, 59) if h == 24 else dtime(h, m)
+
+    return [ScheduledFloor(tuple(e.days), t(e.start), t(e.end), e.min_replicas) for e in rcfg.schedule]
+
+
+def _profile(gcfg: GraphConfig) -> CapacityProfile:
+    if isinstance(gcfg.profile, CapacityProfile):
+        return gcfg.profile
+    if isinstance(gcfg.profile, str):
+        return load_profile(gcfg.profile)
+    pre = next((rc for rc in gcfg.roles.values() if rc.kind == "prefill"), None)
+    dec = next((rc for rc in gcfg.roles.values() if rc.kind == "decode"), None)
+    pre = pre or RoleConfig(kind="prefill")
+    dec = dec or RoleConfig(kind="decode")
+    return flat_profile(pre.prefill.tokens_per_s, dec.decode.tokens_per_s, dec.decode.kv_tokens,
+                        pre.gpus_per_replica, dec.gpus_per_replica)
 
 
 def demand_values(obs: Observation, gcfg: GraphConfig) -> tuple[dict[str, float], float | None]:
@@ -143,41 +486,24 @@ def demand_values(obs: Observation, gcfg: GraphConfig) -> tuple[dict[str, float]
 _FORECAST_SERIES_BY_KIND = {"prefill": ("prefill_tokens_per_s",), "decode": ("decode_tokens_per_s", "kv_tokens")}
 
 
-def _with_forecast(rd: RoleDecision, forecast: DemandForecast, quantiles: list[float]) -> RoleDecision:
-    wanted = _FORECAST_SERIES_BY_KIND[rd.kind]
-    all_figures = {k: v for q in quantiles for k, v in forecast.figures(q).items()}
-    figures = {k: v for k, v in all_figures.items() if any(f"forecast_{w}_" in k for w in wanted)}
-    if not figures:
-        return rd
-    reason = replace(rd.reason, figures={**rd.reason.figures, **figures})
-    return replace(rd, reason=reason)
+def _forecast_figures(kind: str, forecast: DemandForecast, quantiles: list[float], horizon: float
+                      ) -> dict[str, float]:
+    """The forecast at the grid horizon nearest `horizon` (keys like forecast_<series>_p90@300s)."""
+    wanted = _FORECAST_SERIES_BY_KIND[kind]
+    h = float(forecast.horizons[np.argmin(np.abs(forecast.horizons - horizon))])
+    tag = f"@{h:g}s"
+    out = {}
+    for q in quantiles:
+        for k, v in forecast.figures(q).items():
+            if k.endswith(tag) and any(f"forecast_{w}_" in k for w in wanted):
+                out[k] = v
+    return out
 
 
-def _held(role: str, rcfg: RoleConfig, prev: int | None, rule: str, why: str) -> RoleDecision:
+def _held(role: str, rcfg: RoleConfig, prev: int | None, rule: str, why: str) -> _Sized:
     n = hold(prev, rcfg.min_replicas, rcfg.max_replicas)
     what = f"holding {n}" + (" (the floor)" if prev is None else " (never scale down on missing data)")
-    return RoleDecision(role, rcfg.kind, n, Reason(rule, f"{why}; {what}"))
+    s = _Sized(role, rcfg.kind, n, rule, f"{why}; {what}", held=True)
+    s.steps.append(f"{rule}: {s.message}")
+    return s
 
-
-def _sized(role: str, rcfg: RoleConfig, obs: Observation, prev: int | None) -> RoleDecision:
-    role_signals = obs.roles.get(role, {})
-    try:
-        need = _need(rcfg, obs, role_signals)
-    except MissingInput as e:
-        why = str(e) + (f" ({obs.errors[-1]})" if obs.errors else "")
-        return _held(role, rcfg, prev, "missing-data", why)
-    raw = max(0, math.ceil(need.replicas - 1e-9))
-    n, limit = bound(raw, rcfg.min_replicas, rcfg.max_replicas)
-    inputs = {**obs.signals, **role_signals}
-    figures = {**need.figures, "replicas_needed": need.replicas}
-    if limit:
-        message = f"capacity rule asks for {raw} ({need.term}); bounded to {limit}={n}"
-    else:
-        message = f"capacity rule: {need.replicas:.2f} replicas needed for {need.term}"
-    return RoleDecision(role, rcfg.kind, n, Reason(limit or "capacity", message, inputs, figures))
-
-
-def _need(rcfg: RoleConfig, obs: Observation, role_signals) -> Need:
-    if rcfg.kind == "prefill":
-        return prefill_need(rcfg.prefill, obs.signals, role_signals)
-    return decode_need(rcfg.decode, obs.signals, role_signals)

@@ -32,6 +32,16 @@ def make_config(**overrides) -> ScalerConfig:
     return ScalerConfig.model_validate(data)
 
 
+def reactive_config(**overrides) -> ScalerConfig:
+    """make_config with forecasting and scale-down stabilisation off: targets follow observed demand
+    at once (for tests of the wire and of the capacity rule, not of the policy)."""
+    data = make_config(forecast={"enabled": False}, **overrides).model_dump()
+    for graph in data["graphs"].values():
+        for role in graph["roles"].values():
+            role["stabilisation"]["scale_down"] = 0.0
+    return ScalerConfig.model_validate(data)
+
+
 @pytest.fixture
 def config() -> ScalerConfig:
     return make_config()

@@ -1,4 +1,6 @@
-"""The decision core: capacity rule, bounds, and safe answers on missing, stale or bad data."""
+"""The decision core, reactive part: capacity rule, bounds, and safe answers on missing, stale or bad
+data. Forecasting and scale-down stabilisation are off here (tests/test_engine_pipeline.py covers
+them), so each assertion isolates the capacity rule."""
 
 import math
 
@@ -6,7 +8,7 @@ import pytest
 
 from scaler.engine import Engine, UnknownGraph
 from scaler.observation import Observation
-from tests.conftest import make_config
+from tests.conftest import make_config, reactive_config
 
 
 def obs(at, rate=10.0, isl=2000.0, osl=200.0, queued_tokens=0.0, kv_blocks=None, graph="g1", **extra):
@@ -15,6 +17,11 @@ def obs(at, rate=10.0, isl=2000.0, osl=200.0, queued_tokens=0.0, kv_blocks=None,
     if kv_blocks is not None:
         roles["decode"]["kv_active_blocks"] = kv_blocks
     return Observation(graph=graph, at=at, signals=signals, roles=roles)
+
+
+@pytest.fixture
+def config():
+    return reactive_config()
 
 
 def test_prefill_capacity_rule_sizes_on_arrival_tokens(config):
@@ -119,7 +126,7 @@ def test_unknown_graph(config):
 
 
 def test_decide_is_a_pure_function_of_observations_and_now():
-    a, b = Engine(make_config()), Engine(make_config())
+    a, b = Engine(make_config()), Engine(make_config())  # forecasting on: deterministic too
     for e in (a, b):
         e.observe(obs(0, rate=55, kv_blocks=5000))
     assert a.decide(7).replicas == b.decide(7).replicas

@@ -13,7 +13,12 @@ from scaler.observation import Observation
 from scaler.rpc import externalscaler_pb2 as pb
 from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
 from scaler.store import DecisionStore
-from tests.conftest import grpc_server
+from tests.conftest import grpc_server, reactive_config
+
+
+@pytest.fixture
+def config():
+    return reactive_config()
 
 
 def ref(graph="g1", role="prefill", namespace="ns", **extra):
@@ -26,7 +31,8 @@ def served(config):
     engine = Engine(config)
     store = DecisionStore()
     engine.observe(Observation("g1", 0, {"request_rate": 100, "isl_mean": 2000, "osl_mean": 100, "kv_block_size": 16}, {}))
-    store.publish(engine.decide_all(1))  # prefill 7, decode 2 (floor)
+    decisions = engine.decide_all(1)
+    store.publish(decisions)
     with grpc_server(config, store) as (channel, port):
         yield pb_grpc.ExternalScalerStub(channel), store, engine, channel
 
@@ -41,13 +47,15 @@ def test_metric_spec_is_one_spec_with_target_one_and_unique_name(served):
 
 
 def test_get_metrics_returns_the_role_target(served):
-    stub, *_ = served
+    stub, store, *_ = served
     name = stub.GetMetricSpec(ref()).metricSpecs[0].metricName
     r = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(), metricName=name))
     assert len(r.metricValues) == 1
-    assert r.metricValues[0].metricValueFloat == 7.0 and r.metricValues[0].metricValue == 7
+    want = store.get("g1").roles["prefill"].replicas
+    assert want > 2  # 100 req/s x 2000 tokens needs several replicas: not a default
+    assert r.metricValues[0].metricValueFloat == float(want) and r.metricValues[0].metricValue == want
     r = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(role="decode"), metricName="s1-whatever"))
-    assert r.metricValues[0].metricValueFloat == 2.0
+    assert r.metricValues[0].metricValueFloat == float(store.get("g1").roles["decode"].replicas)
 
 
 def test_answers_follow_published_decisions(served):

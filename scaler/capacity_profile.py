@@ -1,0 +1,161 @@
+"""The capacity profile: what one replica of each role serves at the SLO targets.
+
+A profile is measured on the real hardware (Dynamo's profiler, or any benchmark sweep) and given as a
+YAML file or inline in the config:
+
+    prefill:
+      gpus_per_replica: 1
+      ttft_target_s: 0.5
+      tokens_per_s:              # prefill tokens/s per replica at the TTFT target, by input length
+        - {isl: 512, tokens_per_s: 42000}
+        - {isl: 8192, tokens_per_s: 36000}
+    decode:
+      gpus_per_replica: 1
+      itl_target_s: 0.03
+      kv_tokens: 896000          # KV-cache capacity of one replica, tokens
+      tokens_per_s:              # decode tokens/s per replica at the ITL target, by context length
+        - {context: 1024, tokens_per_s: 15800}
+        - {context: 8192, tokens_per_s: 9000}
+
+Curves are interpolated linearly between points and held flat beyond the ends. Without a profile,
+the roles' `prefill.tokens_per_s`, `decode.tokens_per_s` and `decode.kv_tokens` (flat curves; the
+Dynamo SLA-planner profile by default) are used.
+
+`profile_from_emulator` derives the profile of the emulated hardware (scaler/emulator/profile.py) at
+given SLOs; `scaler/data/profile.emulated.yaml` is that profile at the MLPerf interactive SLOs, and a
+test keeps the file equal to the derivation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from scaler.emulator.profile import EmulatorProfile
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IslPoint(_Model):
+    isl: float = Field(ge=0)
+    tokens_per_s: float = Field(gt=0)
+
+
+class ContextPoint(_Model):
+    context: float = Field(ge=0)
+    tokens_per_s: float = Field(gt=0)
+
+
+def _sorted_unique(points: list, key: str) -> list:
+    if not points:
+        raise ValueError("a curve needs at least one point")
+    xs = [getattr(p, key) for p in points]
+    if len(set(xs)) != len(xs):
+        raise ValueError(f"duplicate {key} values in {xs}")
+    return sorted(points, key=lambda p: getattr(p, key))
+
+
+class PrefillProfile(_Model):
+    gpus_per_replica: int = Field(1, ge=1)
+    ttft_target_s: float = Field(0.5, gt=0, description="the TTFT the throughput points were measured at")
+    tokens_per_s: list[IslPoint]
+
+    @field_validator("tokens_per_s")
+    @classmethod
+    def _curve(cls, v: list[IslPoint]) -> list[IslPoint]:
+        return _sorted_unique(v, "isl")
+
+    def throughput(self, isl: float) -> float:
+        """Prefill tokens/s of one replica for requests of mean input length `isl`."""
+        return float(np.interp(isl, [p.isl for p in self.tokens_per_s], [p.tokens_per_s for p in self.tokens_per_s]))
+
+
+class DecodeProfile(_Model):
+    gpus_per_replica: int = Field(1, ge=1)
+    itl_target_s: float = Field(0.03, gt=0, description="the ITL the throughput points were measured at")
+    kv_tokens: float = Field(gt=0, description="KV-cache capacity of one replica, tokens")
+    tokens_per_s: list[ContextPoint]
+
+    @field_validator("tokens_per_s")
+    @classmethod
+    def _curve(cls, v: list[ContextPoint]) -> list[ContextPoint]:
+        return _sorted_unique(v, "context")
+
+    def throughput(self, context: float) -> float:
+        """Decode tokens/s of one replica when sequences hold `context` tokens on average."""
+        pts = self.tokens_per_s
+        return float(np.interp(context, [p.context for p in pts], [p.tokens_per_s for p in pts]))
+
+
+class CapacityProfile(_Model):
+    prefill: PrefillProfile
+    decode: DecodeProfile
+
+
+class ProfileError(Exception):
+    """A profile file that cannot be used; the message says where and why."""
+
+
+def load_profile(path: str | Path) -> CapacityProfile:
+    from scaler.config import format_validation_error
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ProfileError(f"cannot read capacity profile {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ProfileError(f"{path}: not valid YAML: {e}") from e
+    try:
+        return CapacityProfile.model_validate(data)
+    except ValidationError as e:
+        raise ProfileError(f"{path}: invalid capacity profile\n{format_validation_error(e)}") from e
+
+
+def flat_profile(prefill_tokens_per_s: float, decode_tokens_per_s: float, kv_tokens: float,
+                 prefill_gpus: int = 1, decode_gpus: int = 1) -> CapacityProfile:
+    """A profile with the same throughput at every length (the config's scalar figures)."""
+    return CapacityProfile(
+        prefill=PrefillProfile(gpus_per_replica=prefill_gpus, tokens_per_s=[IslPoint(isl=0, tokens_per_s=prefill_tokens_per_s)]),
+        decode=DecodeProfile(gpus_per_replica=decode_gpus, kv_tokens=kv_tokens,
+                             tokens_per_s=[ContextPoint(context=0, tokens_per_s=decode_tokens_per_s)]),
+    )
+
+
+# Lengths at which profile_from_emulator samples the curves.
+ISL_POINTS = (128, 512, 1024, 2048, 4096, 8192, 16384)
+CONTEXT_POINTS = (256, 1024, 2048, 3072, 4096, 8192, 16384, 32768)
+
+
+def profile_from_emulator(p: EmulatorProfile, ttft_target_s: float, itl_target_s: float) -> CapacityProfile:
+    """The emulated hardware's capacity at the SLOs.
+
+    Prefill: the emulator serves prefill at a fixed token rate, whatever the input length, so the
+    curve is flat (a real profile falls with ISL: attention is quadratic).
+    Decode: the largest batch b whose ITL meets the target, itl(b) = itl_base + itl_per_seq x b <=
+    target, also capped by max_num_seqs and by KV (b x context <= KV tokens); tokens/s = b / itl(b).
+    """
+    b_itl = int((itl_target_s - p.decode.itl_base_s) / p.decode.itl_per_seq_s) if p.decode.itl_per_seq_s else p.decode.max_num_seqs
+    if b_itl < 1:
+        raise ValueError(f"the ITL target {itl_target_s}s is below the emulated ITL of one sequence")
+    kv = float(p.kv_tokens_per_replica)
+    points = []
+    for ctx in CONTEXT_POINTS:
+        b = max(1, min(b_itl, p.decode.max_num_seqs, int(kv // ctx)))
+        points.append(ContextPoint(context=ctx, tokens_per_s=round(b / p.decode.itl(b), 1)))
+    return CapacityProfile(
+        prefill=PrefillProfile(gpus_per_replica=p.prefill.gpus_per_replica, ttft_target_s=ttft_target_s,
+                               tokens_per_s=[IslPoint(isl=i, tokens_per_s=p.prefill.tokens_per_s) for i in ISL_POINTS]),
+        decode=DecodeProfile(gpus_per_replica=p.decode.gpus_per_replica, itl_target_s=itl_target_s, kv_tokens=kv,
+                             tokens_per_s=points),
+    )
+
+
+def profile_yaml(profile: CapacityProfile, header: str = "") -> str:
+    data = profile.model_dump(mode="json")
+    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
