@@ -1,4 +1,4 @@
-"""The `pdscaler` command line: serve, config, emulate, demo, forecast-eval."""
+"""The `pdscaler` command line: serve, explain, config, emulate, demo, forecast-eval, backtest."""
 
 from __future__ import annotations
 
@@ -41,10 +41,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("pdscaler: --prometheus-url needs source.kind: prometheus in the config", file=sys.stderr)
             return 2
         config = config.model_copy(update={"source": config.source.model_copy(update={"url": args.prometheus_url})})
-    return asyncio.run(_serve(config, args.host, args.port))
+    return asyncio.run(_serve(config, args.host, args.port, args.http_port))
 
 
-async def _serve(config, host: str, port: int) -> int:
+async def _serve(config, host: str, port: int, http_port: int | None = None) -> int:
     from scaler.clock import SystemClock
     from scaler.engine import Engine
     from scaler.loop import DecisionLoop
@@ -55,6 +55,12 @@ async def _serve(config, host: str, port: int) -> int:
     store = DecisionStore()
     loop = DecisionLoop(Engine(config), build_source(config), store, SystemClock())
     server, bound = await start_server(config, store, port, host)
+    http = None
+    if http_port is not None and http_port >= 0:
+        from scaler.http_admin import start_http
+
+        http, http_bound = await start_http(store, list(config.graphs), host.strip("[]") or "::", http_port)
+        print(f"pdscaler {__version__}: explain on http://{host}:{http_bound}/explain", flush=True)
     loop.start()
     print(f"pdscaler {__version__}: KEDA external scaler on {host}:{bound} for graphs {', '.join(config.graphs)}", flush=True)
     stop = asyncio.Event()
@@ -63,9 +69,35 @@ async def _serve(config, host: str, port: int) -> int:
         aloop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(grace=5)
+    if http is not None:
+        await http.cleanup()
     loop.stop()
     loop.source.close()
     return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Ask a running `pdscaler serve` for its latest decision (its HTTP port) and print it."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query = {"graph": args.graph} if args.graph else {}
+    if args.json:
+        query["format"] = "json"
+    url = args.server.rstrip("/") + "/explain" + ("?" + urllib.parse.urlencode(query) if query else "")
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as r:
+            sys.stdout.write(r.read().decode())
+        return 0
+    except urllib.error.HTTPError as e:
+        print(f"pdscaler explain: {e.read().decode().strip() or e.reason} (HTTP {e.code} from {url})", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        print(f"pdscaler explain: cannot reach {args.server}: {reason} (is `pdscaler serve` running with "
+              f"--http-port?)", file=sys.stderr)
+        return 2
 
 
 def cmd_config_example(args: argparse.Namespace) -> int:
@@ -146,6 +178,43 @@ def cmd_forecast_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    import json
+
+    from scaler.config import parse_duration
+    from scaler.sim.backtest import progress_wanted, run_backtest
+    from scaler.sim.context import SimContext
+    from scaler.sim.nodes import NodeSettings
+    from scaler.sim.policies import DEFAULT_POLICIES
+    from scaler.sim.workload import load_workload
+
+    try:
+        policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else list(DEFAULT_POLICIES)
+        warm, cold = parse_duration(args.warm_start), parse_duration(args.cold_start)
+        if cold < warm:
+            raise ValueError(f"--cold-start ({cold:g}s) must be at least --warm-start ({warm:g}s)")
+        workload = load_workload(
+            args.trace, args.format, series=args.series, rate_scale=args.rate_scale, dt=args.dt, seed=args.seed,
+            isl=args.isl, osl=args.osl, interpolation=args.interpolation,
+            history_s=parse_duration(args.history) if args.history is not None else None,
+        ).sliced(parse_duration(args.start), parse_duration(args.duration) if args.duration else None)
+        nodes = NodeSettings(warm, cold - warm, parse_duration(args.scale_down_unneeded))
+        ctx = SimContext(workload, ttft_slo=args.slo_ttft, itl_slo=args.slo_itl, nodes=nodes,
+                         profile_path=args.profile, max_replicas=args.max_replicas)
+        bt = run_backtest(args.trace, ctx, policies, progress=progress_wanted(args.no_progress))
+    except (ValueError, OSError) as e:
+        print(f"pdscaler backtest: {e}", file=sys.stderr)
+        return 2
+    print(bt.table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(bt.to_json(), f, indent=2, allow_nan=False)
+            f.write("\n")
+    if args.plot:
+        bt.plot(args.plot)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pdscaler", description="Predictive KEDA external scaler for disaggregated LLM serving")
     p.add_argument("--version", action="version", version=f"pdscaler {__version__}")
@@ -157,7 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=6000, help="gRPC port (default 6000)")
     s.add_argument("--host", default="[::]", help="address to bind (default all)")
     s.add_argument("--prometheus-url", help="override source.url of a prometheus source")
+    s.add_argument("--http-port", type=int, default=9090,
+                   help="HTTP port for /explain and /healthz (default 9090; -1 = off)")
     s.set_defaults(func=cmd_serve)
+
+    x = sub.add_parser("explain", help="the latest decision of a running scaler, with every input and rule")
+    x.add_argument("--graph", help="the serving graph (default: all)")
+    x.add_argument("--server", default="http://127.0.0.1:9090", help="the scaler's HTTP port (serve --http-port)")
+    x.add_argument("--json", action="store_true", help="print JSON instead of text")
+    x.add_argument("--timeout", type=float, default=5.0)
+    x.set_defaults(func=cmd_explain)
 
     c = sub.add_parser("config", help="example and check configuration files")
     csub = c.add_subparsers(dest="config_command", required=True)
@@ -206,6 +284,36 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--plot", help="write a PNG: actual vs the selected model's forecast and the best baseline")
     fe.add_argument("--progress", action="store_true", help="log each model's progress to stderr")
     fe.set_defaults(func=cmd_forecast_eval)
+
+    bt = sub.add_parser("backtest", help="replay a trace through the fluid model under several scaling policies")
+    bt.add_argument("--trace", required=True, help="per-request trace (Azure CSV, Mooncake JSONL), ServeGen rate CSV, "
+                    "or azure-code / azure-conv")
+    bt.add_argument("--format", choices=["azure", "mooncake", "rates"], help="trace format (default: detected)")
+    bt.add_argument("--series", help="category_model of a rate curve (e.g. language/m-large)")
+    bt.add_argument("--rate-scale", type=float, default=1.0, help="multiply the arrival rate (default 1)")
+    bt.add_argument("--policies", help="comma-separated (default oracle,static-peak,static-mean,reactive-ttft,planner,"
+                    "pdscaler; also planner-prophet)")
+    bt.add_argument("--profile", help="capacity profile file handed to pdscaler's config (when it supports one)")
+    bt.add_argument("--slo-ttft", type=float, default=0.5, help="TTFT SLO, seconds (default 0.5)")
+    bt.add_argument("--slo-itl", type=float, default=0.03, help="ITL SLO, seconds (default 0.03)")
+    bt.add_argument("--duration", help="simulate this long (e.g. 2h, 3d; default: the whole trace)")
+    bt.add_argument("--start", default="0", help="skip this much of the simulated span (default 0)")
+    bt.add_argument("--history", help="trace kept as history before the simulation (default: 1 day if the trace "
+                    "spans 2 days or more, else 0)")
+    bt.add_argument("--dt", type=float, default=1.0, help="simulation step, seconds (default 1)")
+    bt.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals of rate curves")
+    bt.add_argument("--isl", type=float, help="mean input length (rate curves: default per series)")
+    bt.add_argument("--osl", type=float, help="mean output length (rate curves: default per series)")
+    bt.add_argument("--interpolation", choices=["linear", "step"], default="linear",
+                    help="rate curves: between 10-minute points (default linear)")
+    bt.add_argument("--warm-start", default="90s", help="replica start-up on a provisioned GPU (default 90s)")
+    bt.add_argument("--cold-start", default="300s", help="replica start-up when a node must be provisioned (default 300s)")
+    bt.add_argument("--scale-down-unneeded", default="600s", help="idle GPU node kept this long (default 600s)")
+    bt.add_argument("--max-replicas", type=int, default=1000, help="per-role ceiling of the adaptive policies")
+    bt.add_argument("--json", help="write the results as JSON to this file")
+    bt.add_argument("--plot", help="write a PNG: demand, replicas per role per policy, SLO breaches")
+    bt.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a TTY)")
+    bt.set_defaults(func=cmd_backtest)
     return p
 
 

@@ -52,6 +52,32 @@ class Decision:
     def reasons(self) -> dict[str, Reason]:
         return {r: d.reason for r, d in self.roles.items()}
 
+    def to_dict(self) -> dict:
+        """The decision as JSON-ready data (what `pdscaler explain --json` prints)."""
+        def clean(m: Mapping[str, float]) -> dict[str, float | None]:
+            return {k: (v if isinstance(v, (int, float)) and v == v and abs(v) != float("inf") else None)
+                    for k, v in m.items()}
+
+        return {
+            "graph": self.graph,
+            "at": self.at,
+            "data_at": self.data_at,
+            "notes": list(self.notes),
+            "roles": {
+                r: {
+                    "kind": d.kind,
+                    "replicas": d.replicas,
+                    "advised": d.advised,
+                    "rule": d.reason.rule,
+                    "message": d.reason.message,
+                    "steps": list(d.steps),
+                    "inputs": clean(d.reason.inputs),
+                    "figures": clean(d.reason.figures),
+                }
+                for r, d in self.roles.items()
+            },
+        }
+
     def explain(self) -> str:
         """A multi-line, human-readable account of the decision."""
         lines = [f"graph {self.graph} at t={self.at:.1f}" + (f" (data from t={self.data_at:.1f})" if self.data_at is not None else " (no data)")]

@@ -1,0 +1,61 @@
+"""The scaler's HTTP side port: `/explain` (the latest decision per graph, for people and
+`pdscaler explain`) and `/healthz`. Like the gRPC answers, it only reads the DecisionStore: it never
+waits on Prometheus, a model fit or the Kubernetes API.
+
+    GET /explain?graph=G              text: every role's target, the rule that bound it, the steps,
+                                      inputs, forecast and capacity figures
+    GET /explain?graph=G&format=json  the same as JSON (Decision.to_dict)
+    GET /explain                      all graphs
+Unknown graph -> 404 naming the configured graphs; no decision yet -> 503.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from scaler.store import DecisionStore
+
+STORE_KEY = web.AppKey("store", DecisionStore)
+GRAPHS_KEY = web.AppKey("graphs", list)
+
+
+def build_app(store: DecisionStore, graphs: list[str]) -> web.Application:
+    app = web.Application()
+    app[STORE_KEY] = store
+    app[GRAPHS_KEY] = list(graphs)
+    app.router.add_get("/explain", explain)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def explain(request: web.Request) -> web.Response:
+    store, graphs = request.app[STORE_KEY], request.app[GRAPHS_KEY]
+    wanted = request.query.get("graph")
+    as_json = request.query.get("format") == "json"
+    if wanted is not None and wanted not in graphs:
+        return web.Response(status=404, text=f"unknown graph {wanted!r}; configured graphs: {', '.join(graphs)}\n")
+    names = [wanted] if wanted else graphs
+    decisions = {g: store.get(g) for g in names}
+    missing = [g for g, d in decisions.items() if d is None]
+    if missing:
+        return web.Response(status=503, text=f"no decision yet for {', '.join(missing)} (the first poll has not completed)\n")
+    if as_json:
+        body = {g: d.to_dict() for g, d in decisions.items()}
+        return web.json_response(body[wanted] if wanted else body, dumps=lambda o: json.dumps(o, indent=2))
+    return web.Response(text="\n\n".join(d.explain() for d in decisions.values()) + "\n")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def start_http(store: DecisionStore, graphs: list[str], host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve the app on host:port (0 = ephemeral); returns the runner (to clean up) and the bound port."""
+    runner = web.AppRunner(build_app(store, graphs), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return runner, bound

@@ -1,0 +1,95 @@
+"""Capacity profile (curves, file, emulated profile), the bounded online correction, and the
+start-up time learned from rollouts."""
+
+from importlib import resources
+
+import pytest
+import yaml
+
+from scaler.capacity import DecodeDemand, PrefillDemand, decode_need, prefill_need
+from scaler.capacity_profile import ProfileError, load_profile, profile_from_emulator
+from scaler.config import DecodeCapacity, PrefillCapacity
+from scaler.correction import CapacityCorrection
+from scaler.emulator.profile import EmulatorProfile
+from scaler.startup import StartupTracker
+
+PROFILE = """
+prefill:
+  tokens_per_s: [{isl: 1000, tokens_per_s: 40000}, {isl: 9000, tokens_per_s: 20000}]
+decode:
+  kv_tokens: 500000
+  tokens_per_s: [{context: 1000, tokens_per_s: 12000}, {context: 5000, tokens_per_s: 8000}]
+"""
+
+
+def test_curves_interpolate_and_hold_flat_beyond_the_ends(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(PROFILE)
+    p = load_profile(f)
+    assert p.prefill.throughput(5000) == pytest.approx(30000)
+    assert p.prefill.throughput(100) == 40000 and p.prefill.throughput(20000) == 20000
+    assert p.decode.throughput(3000) == pytest.approx(10000)
+
+
+def test_longer_prompts_need_more_prefill_replicas_per_token(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(PROFILE)
+    p = load_profile(f)
+    short = prefill_need(PrefillDemand(100_000, 0, 1000), p.prefill, PrefillCapacity())
+    long = prefill_need(PrefillDemand(100_000, 0, 9000), p.prefill, PrefillCapacity())
+    assert long.replicas == pytest.approx(2 * short.replicas)
+    d = decode_need(DecodeDemand(450_000, 1000, 3000), p.decode, DecodeCapacity())
+    assert d.term == "kv" and d.replicas == pytest.approx(450_000 / (500_000 * 0.8))
+
+
+def test_profile_errors_name_the_field(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(PROFILE.replace("kv_tokens: 500000", "kv_tokens: -1"))
+    with pytest.raises(ProfileError, match=r"decode\.kv_tokens"):
+        load_profile(f)
+    f.write_text(PROFILE.replace("isl: 9000", "isl: 1000"))
+    with pytest.raises(ProfileError, match="duplicate isl"):
+        load_profile(f)
+
+
+def test_shipped_emulated_profile_is_the_derivation():
+    shipped = yaml.safe_load(resources.files("scaler").joinpath("data/profile.emulated.yaml").read_text())
+    derived = profile_from_emulator(EmulatorProfile(), ttft_target_s=0.5, itl_target_s=0.03)
+    assert shipped == derived.model_dump(mode="json")
+    # KV binds at long contexts: throughput falls once max_num_seqs x context exceeds the KV cache.
+    assert derived.decode.throughput(32768) < derived.decode.throughput(1024) / 3
+
+
+def test_correction_learns_a_slower_gpu_bounded_and_smoothly():
+    c = CapacityCorrection(min_factor=0.5, halflife_s=600)
+    for i in range(4):  # 1 min of TTFT at twice the target while under capacity
+        c.update(i * 15.0, observed_s=1.0, target_s=0.5, load=0.8)
+    assert 0.9 < c.factor < 1.0  # moved a little, not halved by one interval
+    for i in range(4, 400):
+        c.update(i * 15.0, observed_s=1.0, target_s=0.5, load=0.8)
+    assert c.factor == pytest.approx(0.5, abs=0.01)  # persistent: fully learned, never below the bound
+    for i in range(400, 1400):
+        c.update(i * 15.0, observed_s=0.2, target_s=0.5, load=0.8)
+    assert 0.99 < c.factor <= 1.0  # recovers, never above 1
+
+
+def test_correction_ignores_overload_and_idle():
+    c = CapacityCorrection()
+    for i in range(200):
+        c.update(i * 15.0, observed_s=5.0, target_s=0.5, load=1.5)  # under-provisioned: not the profile's fault
+        c.update(i * 15.0 + 1, observed_s=5.0, target_s=0.5, load=0.1)  # too little load to judge
+    assert c.factor == 1.0
+
+
+def test_startup_tracker_learns_warm_and_cold_times():
+    s = StartupTracker(warm_s=90, cold_s=390, alpha=0.5)
+    s.observe(0, target=1, ready=1)
+    s.observe(15, target=3, ready=1)  # two more asked at t=15
+    s.observe(135, target=3, ready=2)  # one ready after 120 s: a warm start
+    assert s.warm_s == pytest.approx(105) and s.cold_s == 390
+    s.observe(615, target=3, ready=3)  # the other after 600 s: a cold start
+    assert s.cold_s == pytest.approx(495)
+    s.observe(630, target=5, ready=3)
+    s.observe(645, target=3, ready=3)  # cancelled before ready: no sample
+    s.observe(700, target=3, ready=3)
+    assert s.samples == 2

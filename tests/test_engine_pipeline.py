@@ -1,0 +1,190 @@
+"""The decision pipeline end to end through the embedding API: forecast above the reactive need,
+safety net, floors, stabilisation, no cascade, ratio, GPU budget, the warm role, advisory mode."""
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from scaler.config import ScalerConfig
+from scaler.engine import Engine
+from scaler.observation import Observation
+
+
+def config(roles=None, forecast=None, **graph) -> ScalerConfig:
+    roles = roles or {
+        "prefill": {"kind": "prefill", "min_replicas": 1, "max_replicas": 40},
+        "decode": {"kind": "decode", "min_replicas": 1, "max_replicas": 40},
+    }
+    return ScalerConfig.model_validate({
+        "source": {"kind": "prometheus", "url": "http://127.0.0.1:1"},
+        "forecast": forecast or {},
+        "graphs": {"g": {"roles": roles, **graph}},
+    })
+
+
+def obs(t, rate, ready=None, isl=2000.0, osl=100.0, **signals):
+    ready = ready or {}
+    roles = {r: {"ready_workers": float(n)} for r, n in ready.items()}
+    return Observation("g", t, {"request_rate": rate, "isl_mean": isl, "osl_mean": osl, "kv_block_size": 16.0,
+                                **signals}, roles)
+
+
+def feed(e, rates, t0=0.0, step=15.0, ready=None, **signals):
+    """Observe `rates` every `step` seconds, deciding after each; returns the last decision and t."""
+    d, t = None, t0
+    for i, r in enumerate(rates):
+        t = t0 + i * step
+        e.observe(obs(t, r, ready, **signals))
+        d = e.decide(t + 1)
+    return d, t
+
+
+def reactive_prefill(rate, isl=2000.0):
+    return rate * isl / (40_000 * 0.8)
+
+
+def test_forecast_adds_capacity_ahead_of_a_ramp_and_says_so():
+    e = Engine(config())
+    ramp = [10 + 0.5 * i for i in range(120)]  # +2 req/s per minute for 30 min
+    d, _ = feed(e, ramp)
+    rd = d.roles["prefill"]
+    assert rd.reason.rule in ("forecast", "lead-time-floor")
+    # The ramp continues during the start-up lead time: the target covers more than today's need.
+    assert rd.replicas > reactive_prefill(ramp[-1]) + 0.5
+    assert rd.reason.figures["predictive_replicas"] > rd.reason.figures["reactive_replicas"]
+    assert any(k.startswith("forecast_prefill_tokens_per_s_p90@") for k in rd.reason.figures)
+
+
+def test_forecast_never_sizes_below_the_observed_need():
+    e = Engine(config())
+    feed(e, [60.0] * 80)  # a steady hour...
+    d, _ = feed(e, [5.0] * 3 + [60.0], t0=80 * 15)  # ...a dip the models discount, then 60 again
+    need = reactive_prefill(60.0)
+    assert d.replicas["prefill"] >= need
+
+
+def test_safety_net_scales_up_at_once_past_the_scale_up_window():
+    roles = {"prefill": {"kind": "prefill", "max_replicas": 40, "stabilisation": {"scale_up": "10m"}},
+             "decode": {"kind": "decode"}}
+    e = Engine(config(roles, forecast={"enabled": False}))
+    d, t = feed(e, [32.0] * 5, ready={"prefill": 2, "decode": 1})
+    base = d.replicas["prefill"]
+    # Demand unchanged, but the observed p99 TTFT breaks the SLO (0.5 s): a slower GPU, a burst.
+    e.observe(obs(t + 15, 32.0, {"prefill": base, "decode": 1}, ttft_p99=2.0))
+    d = e.decide(t + 16)
+    assert d.roles["prefill"].reason.rule == "safety-net"
+    assert d.replicas["prefill"] == base + max(1, -(-base // 2))
+    assert "ttft_p99=2 > 0.5" in d.roles["prefill"].reason.message
+
+
+def test_scale_up_window_delays_a_rise_and_scale_down_window_holds_a_fall():
+    roles = {"prefill": {"kind": "prefill", "max_replicas": 40,
+                         "stabilisation": {"scale_up": "60s", "scale_down": "300s"}},
+             "decode": {"kind": "decode"}}
+    e = Engine(config(roles, forecast={"enabled": False}))
+    d, t = feed(e, [16.0] * 3)
+    low = d.replicas["prefill"]
+    d, t = feed(e, [160.0] * 2, t0=t + 15)  # 30 s of a burst: within the 60 s window
+    assert d.replicas["prefill"] == low and d.roles["prefill"].reason.rule == "stabilisation"
+    d, t = feed(e, [160.0] * 4, t0=t + 15)  # persists past 60 s: acted on
+    high = d.replicas["prefill"]
+    assert high == -(-int(reactive_prefill(160.0) * 100) // 100)
+    d, t = feed(e, [16.0] * 10, t0=t + 15)  # 150 s of calm: still held (300 s window)
+    assert d.replicas["prefill"] == high
+    d, t = feed(e, [16.0] * 12, t0=t + 15)  # past 300 s: released
+    assert d.replicas["prefill"] == low
+
+
+def test_no_cascade_while_replicas_are_starting_but_safety_net_overrides():
+    e = Engine(config(forecast={"enabled": False}))
+    d, t = feed(e, [80.0] * 2, ready={"prefill": 1, "decode": 1})
+    asked = d.replicas["prefill"]
+    assert asked > 1
+    # Still starting (ready 1 of `asked`) while demand grows: hold, do not pile on.
+    d, t = feed(e, [120.0] * 2, t0=t + 15, ready={"prefill": 1, "decode": 1})
+    assert d.replicas["prefill"] == asked and d.roles["prefill"].reason.rule == "no-cascade"
+    # Once they are ready the new need is acted on.
+    d, t = feed(e, [120.0], t0=t + 15, ready={"prefill": asked, "decode": 1})
+    assert d.replicas["prefill"] > asked
+
+
+def test_scheduled_floor_in_its_time_zone():
+    roles = {"prefill": {"kind": "prefill", "schedule": [
+                 {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "08:00", "end": "20:00", "min_replicas": 6}]},
+             "decode": {"kind": "decode"}}
+    e = Engine(config(roles, forecast={"enabled": False}, timezone="Europe/Paris"))
+    monday_10_paris = datetime(2026, 11, 23, 10, 0, tzinfo=ZoneInfo("Europe/Paris")).timestamp()
+    d, _ = feed(e, [1.0], t0=monday_10_paris)
+    assert d.replicas["prefill"] == 6 and d.roles["prefill"].reason.rule == "scheduled-floor"
+    e2 = Engine(config(roles, forecast={"enabled": False}, timezone="Europe/Paris"))
+    sunday = datetime(2026, 11, 22, 10, 0, tzinfo=ZoneInfo("Europe/Paris")).timestamp()
+    d, _ = feed(e2, [1.0], t0=sunday)
+    assert d.replicas["prefill"] == 1
+
+
+def test_gpu_budget_scales_both_roles_down_proportionally():
+    e = Engine(config(forecast={"enabled": False}, gpu_budget=8))
+    d, _ = feed(e, [100.0], osl=2000.0)  # prefill ~6.25 -> 7, decode 25 -> way over
+    assert sum(d.replicas.values()) <= 8
+    assert {r.rule for r in d.reasons.values()} == {"gpu-budget"}
+
+
+def test_ratio_bounds_raise_the_starved_role():
+    e = Engine(config(forecast={"enabled": False}, prefill_decode_ratio={"min": 1.0}))
+    d, _ = feed(e, [10.0], osl=1500.0)  # decode-heavy: decode well above prefill
+    assert d.replicas["prefill"] >= d.replicas["decode"]
+    assert d.roles["prefill"].reason.rule == "ratio"
+
+
+def test_warm_role_keeps_gpus_for_the_forecast_within_the_cold_start_time():
+    roles = {"prefill": {"kind": "prefill", "max_replicas": 60}, "decode": {"kind": "decode", "max_replicas": 60},
+             "warm": {"kind": "warm", "min_replicas": 0, "max_replicas": 20}}
+    e = Engine(config(roles))
+    ramp = [10 + 1.0 * i for i in range(120)]
+    d, _ = feed(e, ramp)
+    w = d.roles["warm"]
+    assert w.replicas > 0 and w.reason.rule == "warm-pool"
+    serving = sum(d.replicas[r] for r in ("prefill", "decode"))
+    assert w.reason.figures["serving_gpus"] == serving
+    assert w.replicas == w.reason.figures["forecast_gpus"] - serving
+
+
+def test_advisory_mode_answers_current_replicas_and_exports_the_advice():
+    e = Engine(config(forecast={"enabled": False}, mode="advisory"))
+    d, _ = feed(e, [100.0], ready={"prefill": 3, "decode": 2})
+    rd = d.roles["prefill"]
+    assert rd.replicas == 3 and rd.advised == 7
+    assert "advisory: would ask for 7" in d.explain()
+
+
+def test_never_scales_down_on_missing_data_even_with_a_forecast():
+    e = Engine(config())
+    d, t = feed(e, [100.0] * 20)
+    held = d.replicas["prefill"]
+    e.observe(Observation("g", t + 15, {"kv_block_size": 16.0}, {}))  # request_rate missing
+    d = e.decide(t + 16)
+    assert d.replicas["prefill"] == held and d.roles["prefill"].reason.rule == "missing-data"
+    d = e.decide(t + 500)  # and then nothing at all: stale
+    assert d.replicas["prefill"] == held and d.roles["prefill"].reason.rule == "stale-data"
+
+
+def test_explain_lists_the_steps_in_order():
+    roles = {"prefill": {"kind": "prefill", "max_replicas": 3}, "decode": {"kind": "decode"}}
+    e = Engine(config(roles, forecast={"enabled": False}))
+    d, _ = feed(e, [100.0])
+    steps = d.roles["prefill"].steps
+    assert steps[0].startswith("capacity: 7") and steps[-1].startswith("max_replicas: 7 -> 3")
+
+
+@pytest.mark.parametrize("bad, where", [
+    ({"mode": "sometimes"}, "graphs.g.mode"),
+    ({"timezone": "Mars/Olympus"}, "graphs.g.timezone"),
+    ({"prefill_decode_ratio": {"min": 2, "max": 1}}, "graphs.g.prefill_decode_ratio"),
+])
+def test_policy_config_errors_name_the_path(bad, where):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as ei:
+        config(**bad)
+    assert where in ".".join(str(p) for p in ei.value.errors()[0]["loc"]) or where.split(".")[-1] in str(ei.value)
