@@ -10,7 +10,7 @@ from scaler.config import ConfigError, parse_config, parse_duration
 
 def test_example_config_is_valid_and_names_graph_example(example_config):
     assert list(example_config.graphs) == ["example"]
-    assert set(example_config.graphs["example"].roles) == {"prefill", "decode"}
+    assert set(example_config.graphs["example"].roles) == {"prefill", "decode", "warm"}
     assert example_config.source.kind == "prometheus"
 
 
@@ -63,3 +63,11 @@ def test_cli_config_example_round_trips(tmp_path):
     f.write_text(r.stdout)
     r = subprocess.run([sys.executable, "-m", "scaler", "config", "check", str(f)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "valid" in r.stdout
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_override():
+    from scaler.config import ConfigError, parse_config
+
+    text = "graphs:\n  g:\n    roles:\n      p: {kind: prefill}\n    mode: active\n    mode: advisory\n"
+    with pytest.raises(ConfigError, match=r"key 'mode' given twice \(first at line 5\)"):
+        parse_config(text)

@@ -60,7 +60,7 @@ def test_explain_json_has_the_decision_fields(server):
     r = explain("--graph", "example", "--server", server, "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["graph"] == "example" and set(d["roles"]) == {"prefill", "decode"}
+    assert d["graph"] == "example" and set(d["roles"]) == {"prefill", "decode", "warm"}
     role = d["roles"]["prefill"]
     assert role["replicas"] == 1 and role["rule"] in ("no-data", "missing-data") and role["steps"]
 
