@@ -115,7 +115,10 @@ class SafetyNet(_Model):
     ttft_p99_s: float | None = Field(None, gt=0, description="prefill roles; default: slo.ttft_s")
     kv_usage: float | None = Field(0.95, gt=0, le=1, description="decode roles: KV-cache usage share")
     itl_p99_s: float | None = Field(None, gt=0, description="decode roles; default: slo.itl_s")
-    step_ratio: float = Field(0.5, gt=0, description="scale up by max(1, this share of the current count)")
+    step_ratio: float = Field(0.5, gt=0, description="scale up to ready + max(1, this share of the ready count)")
+    min_load: float = Field(
+        0.5, ge=0, description="latency breaches count only while demand is at least this share of ready capacity"
+    )
 
 
 class RoleConfig(_Model):
@@ -273,6 +276,11 @@ class ForecastConfig(_Model):
     warm_start: Duration = Field(14 * 86400.0, ge=0, description="history fitted at start-up (0 = start cold)")
     warm_start_step: Duration = Field(60.0, gt=0, description="resolution of the warm-start range queries")
     seed: int = Field(0, description="seed of every model, for reproducible forecasts")
+    max_growth: float | None = Field(
+        2.0, gt=1, description="a forecast may ask for at most this multiple of the highest observed need of "
+        "the last growth_window (null = unbounded); the safety net covers real surges beyond it"
+    )
+    growth_window: Duration = Field(3600.0, gt=0, description="the window of that highest observed need")
 
     @field_validator("model")
     @classmethod

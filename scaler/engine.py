@@ -30,6 +30,7 @@ and advisory mode (answer the current replicas, export what would have been aske
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import time as dtime
 from pathlib import Path
@@ -84,6 +85,7 @@ class _RoleState:
     startup: StartupTracker
     correction: CapacityCorrection = field(default_factory=CapacityCorrection)
     target: int | None = None  # the last target computed (advised, in advisory mode)
+    observed_needs: deque = field(default_factory=deque)  # (t, reactive need): the forecast cap's window
 
 
 @dataclass
@@ -253,7 +255,7 @@ class Engine:
         if rcfg.kind == "prefill":
             demand = observed_prefill_demand(g, r)
             reactive = prefill_need(demand, profile.prefill, rcfg.prefill, st.correction.factor)
-            load = _load(reactive.figures.get("arrival_tokens_per_s"), reactive.figures.get("tokens_per_s_per_replica"),
+            load = load_of(reactive.figures.get("arrival_tokens_per_s"), reactive.figures.get("tokens_per_s_per_replica"),
                          r.get("ready_workers"))
             st.correction.update(now, g.get("ttft_p99"), gcfg.slo.ttft_s, load)
             per_h = (self._forecast_need_prefill(forecast, q, demand.isl, profile, rcfg, st.correction.factor)
@@ -261,11 +263,15 @@ class Engine:
         else:
             demand = observed_decode_demand(g, r, profile.decode.kv_tokens)
             reactive = decode_need(demand, profile.decode, rcfg.decode, st.correction.factor)
-            load = _load(reactive.figures.get("decode_tokens_per_s"), reactive.figures.get("tokens_per_s_per_replica"),
+            load = load_of(reactive.figures.get("decode_tokens_per_s"), reactive.figures.get("tokens_per_s_per_replica"),
                          r.get("ready_workers"))
             st.correction.update(now, g.get("itl_p99"), gcfg.slo.itl_s, load)
             per_h = (self._forecast_need_decode(forecast, q, context(g), profile, rcfg, st.correction.factor)
                      if forecast else np.full(len(horizons), np.nan))
+        cap = self._forecast_cap(now, st, reactive.replicas)
+        capped = bool(cap is not None and np.nanmax(per_h, initial=0.0) > cap)
+        if capped:
+            per_h = np.minimum(per_h, cap)
         warm_s, cold_s = st.startup.warm_s, st.startup.cold_s
         h = np.asarray(horizons)
         window = (h >= warm_s - 1e-9) & (h <= warm_s + gcfg.decision_window + 1e-9)
@@ -288,6 +294,10 @@ class Engine:
                 message += f"; forecast needs no more ({predictive:.2f})"
         if predictive is not None:
             figures["predictive_replicas"] = predictive
+        if capped:
+            figures["forecast_cap_replicas"] = cap
+            message += (f"; forecast capped at {cap:.2f} = {self.config.forecast.max_growth:g} x the highest observed "
+                        f"need of the last {self.config.forecast.growth_window:.0f}s")
         s = _Sized(role, rcfg.kind, max(0, math.ceil(raw - 1e-9)), rule, message, inputs, figures)
         s.steps.append(f"{rule}: {s.value} ({message})")
 
@@ -300,12 +310,16 @@ class Engine:
                 kv_usage=net.kv_usage,
                 itl_p99_s=net.itl_p99_s or gcfg.slo.itl_s,
             )
-            breached = breaches(rcfg.kind, limits, g, r)
+            ready = r.get("ready_workers")
+            total = reactive.figures.get("demand_tokens_per_s", reactive.figures.get("decode_tokens_per_s"))
+            loaded = load_of(total, reactive.figures.get("tokens_per_s_per_replica"), ready)
+            breached = breaches(rcfg.kind, limits, g, r, loaded=loaded is None or loaded >= net.min_load)
             if breached:
-                want = emergency_target(current, net.step_ratio)
+                base = int(ready) if ready is not None else current
+                want = emergency_target(base, net.step_ratio)
                 if want > s.value:
-                    s.bind(want, "safety-net", "observed " + ", ".join(breached) + f": scale up at once from {current}")
-                s.emergency = True
+                    s.bind(want, "safety-net", "observed " + ", ".join(breached) + f": scale up at once from {base} ready")
+                s.emergency = want > current
 
         # Warm-pool floors: scheduled and lead-time (min_replicas comes with the bounds).
         sched, entry = scheduled_floor(now, _schedule(rcfg), gcfg.timezone)
@@ -319,6 +333,17 @@ class Engine:
                 s.bind(floor, "lead-time-floor",
                        f"the forecast needs {floor} within the {'warm' if has_warm else 'cold'} start-up time ({reach:.0f}s)")
         return s, per_h
+
+    def _forecast_cap(self, now: float, st: _RoleState, observed: float) -> float | None:
+        """max_growth x the highest observed need of the last growth_window (at least one replica's
+        worth): a forecast far beyond anything recently seen is an extrapolation artefact, not a plan."""
+        fc = self.config.forecast
+        st.observed_needs.append((now, observed))
+        while st.observed_needs and st.observed_needs[0][0] < now - fc.growth_window:
+            st.observed_needs.popleft()
+        if fc.max_growth is None:
+            return None
+        return fc.max_growth * max(1.0, max(n for _, n in st.observed_needs))
 
     @staticmethod
     def _forecast_need_prefill(forecast: DemandForecast, q: float, isl: float | None, profile: CapacityProfile,
@@ -435,7 +460,7 @@ class Engine:
         return RoleDecision(role, s.kind, s.value, reason, steps=tuple(s.steps))
 
 
-def _load(demand: float | None, per_replica: float | None, ready: float | None) -> float | None:
+def load_of(demand: float | None, per_replica: float | None, ready: float | None) -> float | None:
     """Demand as a share of the ready replicas' capacity (None when unknown)."""
     if demand is None or per_replica is None or not ready:
         return None

@@ -188,3 +188,17 @@ def test_policy_config_errors_name_the_path(bad, where):
     with pytest.raises(ValidationError) as ei:
         config(**bad)
     assert where in ".".join(str(p) for p in ei.value.errors()[0]["loc"]) or where.split(".")[-1] in str(ei.value)
+
+
+def test_safety_net_ignores_slow_latency_on_an_idle_pool_and_does_not_compound():
+    e = Engine(config(forecast={"enabled": False}))
+    # 5 req/s x 2000 tokens on 4 ready replicas: 6 % load. A p99 TTFT of 2 s there comes from long
+    # prompts or a stale window, not from capacity: no emergency.
+    d, t = feed(e, [5.0] * 3, ready={"prefill": 4, "decode": 1}, ttft_p99=2.0)
+    assert d.roles["prefill"].reason.rule != "safety-net"
+    # Loaded and breaching: one step from the READY count...
+    d, t = feed(e, [60.0], t0=t + 15, ready={"prefill": 4, "decode": 1}, ttft_p99=2.0)
+    assert d.roles["prefill"].reason.rule == "safety-net" and d.replicas["prefill"] == 6
+    # ...and while those are starting, a breach that persists asks for no more.
+    d, t = feed(e, [60.0] * 4, t0=t + 15, ready={"prefill": 4, "decode": 1}, ttft_p99=2.0)
+    assert d.replicas["prefill"] == 6

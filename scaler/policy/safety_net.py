@@ -1,9 +1,18 @@
 """The reactive safety net: when an observed limit is breached, scale up at once.
 
 Forecasts can be wrong. When the observed prefill queue, TTFT, KV usage or ITL breach their limits,
-the role's target rises immediately by a step (at least one replica, or `step_ratio` of the current
+the role's target rises immediately by a step (at least one replica, or `step_ratio` of the READY
 count), bypassing the scale-up stabilisation and the no-cascade hold. The forecast only ever adds
 capacity above this reactive need, never less.
+
+Two guards keep it from running away (measured: without them a p99 that stays high for a window
+after a burst compounded x1.5 per poll up to max_replicas):
+- a LATENCY breach (p99 TTFT, p99 ITL) counts only while the role is loaded (demand >= `min_load`
+  of the ready replicas' capacity, queued work included): a slow p99 on an idle pool comes from long
+  prompts or a stale window, and more replicas would not fix it. Queue and KV-usage breaches always
+  count;
+- the step is taken from the replicas READY, not from the target: while earlier emergency replicas
+  are still starting, a breach that persists asks for no more than ready x (1 + step_ratio).
 """
 
 from __future__ import annotations
@@ -28,10 +37,17 @@ _WATCH = {
 }
 
 
-def breaches(kind: str, limits: Limits, graph: Mapping[str, float], role: Mapping[str, float]) -> list[str]:
-    """The limits the observations breach for a role of this kind, as readable notes."""
+_LATENCY = {"ttft_p99_s", "itl_p99_s"}
+
+
+def breaches(kind: str, limits: Limits, graph: Mapping[str, float], role: Mapping[str, float],
+             loaded: bool = True) -> list[str]:
+    """The limits the observations breach for a role of this kind, as readable notes. Latency limits
+    count only when `loaded` (see the module docstring)."""
     out = []
     for limit_name, signal in _WATCH[kind]:
+        if limit_name in _LATENCY and not loaded:
+            continue
         limit = getattr(limits, limit_name)
         value = role.get(signal, graph.get(signal))
         if limit is not None and value is not None and value > limit:
@@ -40,5 +56,6 @@ def breaches(kind: str, limits: Limits, graph: Mapping[str, float], role: Mappin
 
 
 def emergency_target(current: int, step_ratio: float) -> int:
-    """The target the safety net asks for: current plus max(1, ceil(current x step_ratio))."""
+    """The target the safety net asks for: `current` (the ready replicas) plus max(1, ceil(current x
+    step_ratio))."""
     return current + max(1, math.ceil(current * step_ratio))

@@ -13,9 +13,16 @@ traffic as flows, one step per `dt` seconds:
   itl(b) = itl_base + itl_per_seq x b. The steady batch for R is b = r x itl_base / (1 - r x
   itl_per_seq), r = R / n; b is capped by max_num_seqs and by KV (b x (ISL + OSL/2) <= KV tokens).
   Work beyond the cap waits in a decode backlog (its tokens stall: ITL counts as the SLO missed).
-- Replicas: set_replicas() starts replicas that are ready `startup_delay_s` later; scale-downs
-  cancel starting replicas first, then remove ready ones. GPU-seconds count every replica that
-  exists (starting or ready).
+- Replicas: set_replicas() starts replicas; each takes GPUs from a `GpuNodes` pool
+  (scaler/sim/nodes.py), which says how long it takes to be ready: warm (a provisioned GPU is
+  free) or cold (a node must be provisioned first). Without a pool every start takes the
+  profile's `startup_delay_s`. Scale-downs cancel starting replicas first (the one furthest from
+  ready), then remove ready ones; their GPUs go back to the pool. `gpu_seconds` counts every
+  replica that exists (starting or ready); `nodes.gpu_seconds` counts what the cloud bills
+  (every provisioned GPU, including idle nodes and balloon pods).
+- Decode waits: when decode work stalls, the requests finished in the step waited for a slot;
+  `decode_wait_s` (backlog / decode capacity) spread over their output tokens gives their
+  effective ITL (`itl_effective_s`), what a client would measure as the mean gap between tokens.
 
 Conservation: every request that arrives is either finished (prefilled and decoded) or counted in
 one of the backlogs at the end (`unfinished_requests`).
@@ -23,17 +30,19 @@ one of the backlogs at the end (`unfinished_requests`).
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections import deque
 from dataclasses import dataclass, field
 
 from scaler.emulator.profile import EmulatorProfile
+from scaler.sim.nodes import GpuNodes, fixed_delay_nodes
 
 
 @dataclass
 class PoolState:
     ready: int
-    starting: deque = field(default_factory=deque)  # ready-at times of starting replicas
+    starting: list = field(default_factory=list)  # (ready-at time, GPU ids) of starting replicas, sorted
+    gpus: list = field(default_factory=list)  # GPU ids of ready replicas (one tuple per replica)
 
     @property
     def desired(self) -> int:
@@ -52,14 +61,35 @@ class StepResult:
     kv_usage: float
     ready: dict[str, int]
     desired: dict[str, int]
+    prefilled_requests: float = 0.0  # requests whose prefill finished in the step
+    finished_requests: float = 0.0  # requests whose decode finished in the step
+    decoded_tokens: float = 0.0
+    decode_batch: float = 0.0  # sequences per ready decode replica
+    decode_wait_s: float = 0.0  # time the decode backlog needs to drain (inf with no decode replica)
+    itl_effective_s: float = 0.0  # ITL of the finished requests, decode wait spread over their tokens
 
 
 class FluidGraph:
-    def __init__(self, profile: EmulatorProfile, now: float, replicas: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        profile: EmulatorProfile,
+        now: float,
+        replicas: dict[str, int] | None = None,
+        nodes: GpuNodes | None = None,
+    ) -> None:
         self.p = profile
         self.now = now
+        self.nodes = nodes if nodes is not None else fixed_delay_nodes(profile.startup_delay_s)
         reps = replicas or {"prefill": profile.prefill.initial_replicas, "decode": profile.decode.initial_replicas}
-        self.pools = {role: PoolState(ready=n) for role, n in reps.items()}
+        self.pools = {role: PoolState(ready=0) for role in reps}
+        counts = self.nodes.warm_starts, self.nodes.cold_starts
+        for role, n in reps.items():  # the initial replicas are ready at once, on provisioned nodes
+            pool = self.pools[role]
+            for _ in range(max(0, int(n))):
+                gids = tuple(self.nodes.acquire(now - 1e9)[0] for _ in range(self._gpus_per_replica(role)))
+                pool.gpus.append(gids)
+                pool.ready += 1
+        self.nodes.warm_starts, self.nodes.cold_starts = counts  # initial replicas are not starts
         self.prefill_backlog = 0.0  # tokens
         self.prefill_backlog_requests = 0.0
         self.decode_backlog = 0.0  # output tokens waiting for decode capacity
@@ -69,15 +99,27 @@ class FluidGraph:
         self.gpu_seconds = 0.0
         self.kv_tokens_per_replica = profile.kv_blocks_per_replica * profile.kv_block_size
 
+    def _gpus_per_replica(self, role: str) -> int:
+        return self.p.prefill.gpus_per_replica if role == "prefill" else self.p.decode.gpus_per_replica
+
     def set_replicas(self, role: str, n: int, now: float) -> None:
         pool = self.pools[role]
         n = max(0, int(n))
         while pool.desired < n:
-            pool.starting.append(now + self.p.startup_delay_s)
+            gids, delay = [], 0.0
+            for _ in range(self._gpus_per_replica(role)):
+                gid, d = self.nodes.acquire(now)
+                gids.append(gid)
+                delay = max(delay, d)
+            bisect.insort(pool.starting, (now + delay, tuple(gids)))
         while pool.desired > n and pool.starting:
-            pool.starting.pop()  # cancel the most recently started first
+            _, gids = pool.starting.pop()  # cancel the one furthest from ready first
+            for gid in gids:
+                self.nodes.release(gid, now)
         while pool.desired > n:
             pool.ready -= 1
+            for gid in pool.gpus.pop():
+                self.nodes.release(gid, now)
 
     def replicas(self, role: str) -> tuple[int, int]:
         pool = self.pools[role]
@@ -85,19 +127,20 @@ class FluidGraph:
 
     def _start_ready(self, t: float) -> None:
         for pool in self.pools.values():
-            while pool.starting and pool.starting[0] <= t:
-                pool.starting.popleft()
+            while pool.starting and pool.starting[0][0] <= t:
+                _, gids = pool.starting.pop(0)
+                pool.gpus.append(gids)
                 pool.ready += 1
 
     def step(self, dt: float, rate: float, isl: float, osl: float) -> StepResult:
         """Advance by dt seconds with `rate` requests/s of mean lengths isl/osl arriving."""
         self._start_ready(self.now)
         p = self.p
-        gpus = sum(
-            pool.desired * (p.prefill.gpus_per_replica if role == "prefill" else p.decode.gpus_per_replica)
-            for role, pool in self.pools.items()
-        )
+        gpus = 0
+        for role, pool in self.pools.items():
+            gpus += (pool.ready + len(pool.starting)) * self._gpus_per_replica(role)
         self.gpu_seconds += gpus * dt
+        self.nodes.advance(self.now, dt)
         arrivals = rate * dt
         self.arrived += arrivals
 
@@ -142,6 +185,11 @@ class FluidGraph:
         self.decode_backlog_requests -= finished
         self.finished += finished
         kv_usage = (b * context / self.kv_tokens_per_replica) if n else 0.0
+        if stalled > 0:
+            wait = self.decode_backlog / (throughput_max * n) if n and throughput_max > 0 else math.inf
+            itl_eff = itl + wait / max(osl, 1.0)
+        else:
+            wait, itl_eff = 0.0, itl
 
         self.now += dt
         return StepResult(
@@ -155,6 +203,12 @@ class FluidGraph:
             kv_usage=min(1.0, kv_usage),
             ready={r: pool.ready for r, pool in self.pools.items()},
             desired={r: pool.desired for r, pool in self.pools.items()},
+            prefilled_requests=done_requests,
+            finished_requests=finished,
+            decoded_tokens=decoded,
+            decode_batch=b if n else 0.0,
+            decode_wait_s=wait,
+            itl_effective_s=itl_eff,
         )
 
     @property

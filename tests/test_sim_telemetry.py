@@ -1,0 +1,60 @@
+"""What policies observe in the replay: Prometheus-like windows over the fluid model's steps."""
+
+import numpy as np
+import pytest
+
+from scaler.config import ScalerConfig
+from scaler.emulator.profile import EmulatorProfile
+from scaler.observation import Observation, sanitize
+from scaler.sim.context import SimContext
+from scaler.sim.engine_config import engine_config
+from scaler.sim.fluid import FluidGraph
+from scaler.sim.policies.pdscaler import GRAPH_SIGNALS, ROLE_SIGNALS
+from scaler.sim.telemetry import Telemetry, weighted_quantile
+from scaler.sim.workload import synthetic
+
+
+def _run(rate, isl, osl, prefill, decode, seconds):
+    prof = EmulatorProfile()
+    g = FluidGraph(prof, now=0.0, replicas={"prefill": prefill, "decode": decode})
+    tel = Telemetry(seconds, 1.0, 0.0, prof)
+    for _ in range(seconds):
+        tel.record(g.step(1.0, rate, isl, osl), isl, osl, 0, prefill + decode)
+    return tel
+
+
+def test_window_reports_rates_means_quantiles_and_gauges_of_a_steady_load():
+    tel = _run(50, 1000, 100, prefill=2, decode=1, seconds=120)
+    w = tel.window(60)
+    assert w["request_rate"] == pytest.approx(50)
+    assert w["prefill_tokens_per_s"] == pytest.approx(50_000)
+    assert w["isl_mean"] == pytest.approx(1000) and w["osl_mean"] == pytest.approx(100)
+    assert w["ttft_p99"] == pytest.approx(1000 / 40_000 + 0.005)  # no queue: ISL / tokens_per_s + KV transfer
+    assert 0.006 < w["itl_p99"] < 0.03
+    assert w["ready_prefill"] == 2 and w["ready_decode"] == 1
+    assert w["kv_active_blocks"] == pytest.approx(w["kv_usage"] * w["kv_total_blocks"])
+    assert w["prefill_queued_tokens"] == pytest.approx(50 * 1000 * 1000 / 40_000)  # only the tokens in progress
+
+
+def test_overload_shows_as_queued_tokens_and_a_high_ttft_p99():
+    tel = _run(50, 2000, 100, prefill=2, decode=1, seconds=60)  # 100k tokens/s against 80k
+    w = tel.window(60)
+    assert w["prefill_queued_tokens"] > 50 * 20_000
+    assert w["ttft_p99"] > 10
+
+
+def test_what_pdscaler_is_fed_passes_the_engines_sanitizer_and_the_config_validates():
+    ctx = SimContext(synthetic(np.full(10, 1.0), 100, 10))
+    ScalerConfig.model_validate(engine_config(ctx))
+    w = _run(50, 1000, 100, 2, 1, 90).window(60)
+    obs = Observation(graph="sim", at=90.0, signals={k: w[k] for k in GRAPH_SIGNALS if k in w},
+                      roles={r: {s: w[c] for s, c in cols.items()} for r, cols in ROLE_SIGNALS.items()})
+    assert sanitize(obs).errors == ()
+    assert set(obs.signals) == set(GRAPH_SIGNALS)
+
+
+def test_weighted_quantile():
+    v, w = np.array([3.0, 1.0, 2.0]), np.array([1.0, 98.0, 1.0])
+    assert weighted_quantile(v, w, 0.5) == 1.0
+    assert weighted_quantile(v, w, 0.99) == 2.0
+    assert weighted_quantile(v, w, 1.0) == 3.0
