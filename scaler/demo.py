@@ -282,7 +282,7 @@ def summary(emulator: Emulator, rows: list[Row], opts: DemoOptions) -> str:
         f"  TTFT <= {SLO_TTFT_S}s: {_share(ttft <= SLO_TTFT_S)}   p99 TTFT {_q(ttft, 0.99):.2f}s",
         f"  ITL  <= {SLO_ITL_S * 1000:.0f}ms: {_share(itl <= SLO_ITL_S)}   p99 ITL {_q(itl, 0.99) * 1000:.1f}ms",
         f"  GPU-hours {gpu_h:.2f} (static at the peak of {peak['prefill']}P+{peak['decode']}D: {static_h:.2f})",
-        "  (the skeleton sizes on observed load; forecasting replicas ahead of bursts is the next step)",
+        "  (a one-hour trace starts cold: no history to forecast from; `pdscaler backtest` compares policies)",
     ]
     return "\n".join(lines)
 

@@ -55,7 +55,7 @@ class DecisionLoop:
         """Fit every graph's forecasts on the source's history, when it has one (Prometheus)."""
         fc = self.engine.config.forecast
         history = getattr(self.source, "history", None)
-        if history is None or fc.warm_start <= 0:
+        if not callable(history) or fc.warm_start <= 0:  # the scrape source keeps no history
             return {}
         end = self.clock.now()
         fitted = {}
