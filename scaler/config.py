@@ -116,6 +116,9 @@ class SafetyNet(_Model):
     kv_usage: float | None = Field(0.95, gt=0, le=1, description="decode roles: KV-cache usage share")
     itl_p99_s: float | None = Field(None, gt=0, description="decode roles; default: slo.itl_s")
     step_ratio: float = Field(0.5, gt=0, description="scale up to ready + max(1, this share of the ready count)")
+    cooldown: Duration = Field(
+        60.0, ge=0, description="after an emergency step, wait until its replicas are ready and this long before the next"
+    )
     min_load: float = Field(
         0.5, ge=0, description="latency breaches count only while demand is at least this share of ready capacity"
     )

@@ -86,6 +86,8 @@ class _RoleState:
     correction: CapacityCorrection = field(default_factory=CapacityCorrection)
     target: int | None = None  # the last target computed (advised, in advisory mode)
     observed_needs: deque = field(default_factory=deque)  # (t, reactive need): the forecast cap's window
+    emergency: int | None = None  # the last safety-net target, until those replicas are ready
+    settled_at: float | None = None  # when the ready count last reached it
 
 
 @dataclass
@@ -268,7 +270,11 @@ class Engine:
             st.correction.update(now, g.get("itl_p99"), gcfg.slo.itl_s, load)
             per_h = (self._forecast_need_decode(forecast, q, context(g), profile, rcfg, st.correction.factor)
                      if forecast else np.full(len(horizons), np.nan))
-        cap = self._forecast_cap(now, st, reactive.replicas)
+        # The cap's reference is the need of the ARRIVING demand: a backlog being drained is not
+        # traffic a forecast should extrapolate from.
+        arriving = reactive.replicas - reactive.figures.get("backlog_tokens_per_s", 0.0) / max(
+            reactive.figures.get("usable_tokens_per_s_per_replica", 1.0), 1e-9)
+        cap = self._forecast_cap(now, st, max(0.0, arriving))
         capped = bool(cap is not None and np.nanmax(per_h, initial=0.0) > cap)
         if capped:
             per_h = np.minimum(per_h, cap)
@@ -314,12 +320,24 @@ class Engine:
             total = reactive.figures.get("demand_tokens_per_s", reactive.figures.get("decode_tokens_per_s"))
             loaded = load_of(total, reactive.figures.get("tokens_per_s_per_replica"), ready)
             breached = breaches(rcfg.kind, limits, g, r, loaded=loaded is None or loaded >= net.min_load)
-            if breached:
-                base = int(ready) if ready is not None else current
+            base = int(ready) if ready is not None else current
+            if st.emergency is not None and base >= st.emergency and st.settled_at is None:
+                st.settled_at = now
+            # A new step only once the last one's replicas are ready and a latency window has passed
+            # with them serving (the p99 lingers for a window after the backlog drains).
+            settled = st.emergency is None or (st.settled_at is not None and now - st.settled_at >= net.cooldown)
+            if breached and settled:
                 want = emergency_target(base, net.step_ratio)
                 if want > s.value:
                     s.bind(want, "safety-net", "observed " + ", ".join(breached) + f": scale up at once from {base} ready")
-                s.emergency = want > current
+                if want > current:
+                    s.emergency = True
+                    st.emergency, st.settled_at = want, None
+            elif breached:
+                s.steps.append(f"safety-net: {', '.join(breached)}, but the last emergency step is still "
+                               f"starting or settling (ready {base} of {st.emergency})")
+            elif settled:
+                st.emergency = None
 
         # Warm-pool floors: scheduled and lead-time (min_replicas comes with the bounds).
         sched, entry = scheduled_floor(now, _schedule(rcfg), gcfg.timezone)

@@ -202,3 +202,13 @@ def test_safety_net_ignores_slow_latency_on_an_idle_pool_and_does_not_compound()
     # ...and while those are starting, a breach that persists asks for no more.
     d, t = feed(e, [60.0] * 4, t0=t + 15, ready={"prefill": 4, "decode": 1}, ttft_p99=2.0)
     assert d.replicas["prefill"] == 6
+
+
+def test_safety_net_steps_again_only_after_its_replicas_served_a_cooldown():
+    e = Engine(config(forecast={"enabled": False}))
+    d, t = feed(e, [60.0], ready={"prefill": 4, "decode": 1}, ttft_p99=2.0)
+    assert d.replicas["prefill"] == 6
+    d, t = feed(e, [60.0] * 2, t0=t + 15, ready={"prefill": 6, "decode": 1}, ttft_p99=2.0)  # ready, 30 s in
+    assert d.replicas["prefill"] == 6
+    d, t = feed(e, [60.0] * 4, t0=t + 15, ready={"prefill": 6, "decode": 1}, ttft_p99=2.0)  # past 60 s
+    assert d.replicas["prefill"] == 9  # the second step, taken from the 6 ready
