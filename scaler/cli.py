@@ -147,9 +147,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_forecast_eval(args: argparse.Namespace) -> int:
+def _report(result, args: argparse.Namespace) -> int:
+    """Print a result's table; write its JSON (--json) and plot (--plot) when asked."""
     import json
 
+    print(result.table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result.to_json(), f, indent=2, allow_nan=False)
+            f.write("\n")
+    if args.plot:
+        result.plot(args.plot)
+    return 0
+
+
+def cmd_forecast_eval(args: argparse.Namespace) -> int:
     from forecasting.evaluation import evaluate, registry_specs
     from forecasting.series import load_series
     from scaler.config import parse_duration
@@ -168,19 +180,10 @@ def cmd_forecast_eval(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"pdscaler forecast-eval: {e}", file=sys.stderr)
         return 2
-    print(ev.table())
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(ev.to_json(), f, indent=2, allow_nan=False)
-            f.write("\n")
-    if args.plot:
-        ev.plot(args.plot)
-    return 0
+    return _report(ev, args)
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    import json
-
     from scaler.config import parse_duration
     from scaler.sim.backtest import progress_wanted, run_backtest
     from scaler.sim.context import SimContext
@@ -205,14 +208,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"pdscaler backtest: {e}", file=sys.stderr)
         return 2
-    print(bt.table())
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(bt.to_json(), f, indent=2, allow_nan=False)
-            f.write("\n")
-    if args.plot:
-        bt.plot(args.plot)
-    return 0
+    return _report(bt, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
