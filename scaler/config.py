@@ -117,7 +117,7 @@ class SafetyNet(_Model):
     itl_p99_s: float | None = Field(None, gt=0, description="decode roles; default: slo.itl_s")
     step_ratio: float = Field(0.5, gt=0, description="scale up to ready + max(1, this share of the ready count)")
     cooldown: Duration = Field(
-        60.0, ge=0, description="after an emergency step, wait until its replicas are ready and this long before the next"
+        60.0, ge=0, description="after an emergency step, wait the warm start-up time plus this before the next"
     )
     min_load: float = Field(
         0.5, ge=0, description="latency breaches count only while demand is at least this share of ready capacity"

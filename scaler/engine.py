@@ -86,8 +86,7 @@ class _RoleState:
     correction: CapacityCorrection = field(default_factory=CapacityCorrection)
     target: int | None = None  # the last target computed (advised, in advisory mode)
     observed_needs: deque = field(default_factory=deque)  # (t, reactive need): the forecast cap's window
-    emergency: int | None = None  # the last safety-net target, until those replicas are ready
-    settled_at: float | None = None  # when the ready count last reached it
+    emergency_at: float | None = None  # when the safety net last stepped
 
 
 @dataclass
@@ -321,23 +320,20 @@ class Engine:
             loaded = load_of(total, reactive.figures.get("tokens_per_s_per_replica"), ready)
             breached = breaches(rcfg.kind, limits, g, r, loaded=loaded is None or loaded >= net.min_load)
             base = int(ready) if ready is not None else current
-            if st.emergency is not None and base >= st.emergency and st.settled_at is None:
-                st.settled_at = now
-            # A new step only once the last one's replicas are ready and a latency window has passed
-            # with them serving (the p99 lingers for a window after the backlog drains).
-            settled = st.emergency is None or (st.settled_at is not None and now - st.settled_at >= net.cooldown)
+            # One step at a time: the next only once the last one's replicas had time to start and to
+            # serve a latency window (the p99 lingers for a window after the backlog drains).
+            wait = st.startup.warm_s + net.cooldown
+            settled = st.emergency_at is None or now - st.emergency_at >= wait
             if breached and settled:
                 want = emergency_target(base, net.step_ratio)
                 if want > s.value:
                     s.bind(want, "safety-net", "observed " + ", ".join(breached) + f": scale up at once from {base} ready")
                 if want > current:
                     s.emergency = True
-                    st.emergency, st.settled_at = want, None
+                    st.emergency_at = now
             elif breached:
-                s.steps.append(f"safety-net: {', '.join(breached)}, but the last emergency step is still "
-                               f"starting or settling (ready {base} of {st.emergency})")
-            elif settled:
-                st.emergency = None
+                s.steps.append(f"safety-net: {', '.join(breached)}, but the last emergency step "
+                               f"({now - st.emergency_at:.0f}s ago) is still starting or settling ({wait:.0f}s)")
 
         # Warm-pool floors: scheduled and lead-time (min_replicas comes with the bounds).
         sched, entry = scheduled_floor(now, _schedule(rcfg), gcfg.timezone)

@@ -208,7 +208,8 @@ def test_safety_net_steps_again_only_after_its_replicas_served_a_cooldown():
     e = Engine(config(forecast={"enabled": False}))
     d, t = feed(e, [60.0], ready={"prefill": 4, "decode": 1}, ttft_p99=2.0)
     assert d.replicas["prefill"] == 6
-    d, t = feed(e, [60.0] * 2, t0=t + 15, ready={"prefill": 6, "decode": 1}, ttft_p99=2.0)  # ready, 30 s in
+    # Warm start-up 90 s + cooldown 60 s: no second step before 150 s, even with all 6 ready.
+    d, t = feed(e, [60.0] * 9, t0=t + 15, ready={"prefill": 6, "decode": 1}, ttft_p99=2.0)  # 135 s
     assert d.replicas["prefill"] == 6
-    d, t = feed(e, [60.0] * 4, t0=t + 15, ready={"prefill": 6, "decode": 1}, ttft_p99=2.0)  # past 60 s
+    d, t = feed(e, [60.0] * 2, t0=t + 15, ready={"prefill": 6, "decode": 1}, ttft_p99=2.0)  # 165 s
     assert d.replicas["prefill"] == 9  # the second step, taken from the 6 ready
