@@ -60,6 +60,11 @@ def _sorted_unique(points: list, key: str) -> list:
     return sorted(points, key=lambda p: getattr(p, key))
 
 
+def _interp(points: list, key: str, x: float) -> float:
+    """tokens/s at `x` on a curve sorted by `key`: linear between points, flat beyond the ends."""
+    return float(np.interp(x, [getattr(p, key) for p in points], [p.tokens_per_s for p in points]))
+
+
 class PrefillProfile(_Model):
     gpus_per_replica: int = Field(1, ge=1)
     ttft_target_s: float = Field(0.5, gt=0, description="the TTFT the throughput points were measured at")
@@ -72,7 +77,7 @@ class PrefillProfile(_Model):
 
     def throughput(self, isl: float) -> float:
         """Prefill tokens/s of one replica for requests of mean input length `isl`."""
-        return float(np.interp(isl, [p.isl for p in self.tokens_per_s], [p.tokens_per_s for p in self.tokens_per_s]))
+        return _interp(self.tokens_per_s, "isl", isl)
 
 
 class DecodeProfile(_Model):
@@ -88,8 +93,7 @@ class DecodeProfile(_Model):
 
     def throughput(self, context: float) -> float:
         """Decode tokens/s of one replica when sequences hold `context` tokens on average."""
-        pts = self.tokens_per_s
-        return float(np.interp(context, [p.context for p in pts], [p.tokens_per_s for p in pts]))
+        return _interp(self.tokens_per_s, "context", context)
 
 
 class CapacityProfile(_Model):
