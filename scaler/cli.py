@@ -184,6 +184,7 @@ def cmd_forecast_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
+    from scaler.config import ConfigError
     from scaler.config import parse_duration
     from scaler.sim.backtest import progress_wanted, run_backtest
     from scaler.sim.context import SimContext
@@ -202,10 +203,19 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             history_s=parse_duration(args.history) if args.history is not None else None,
         ).sliced(parse_duration(args.start), parse_duration(args.duration) if args.duration else None)
         nodes = NodeSettings(warm, cold - warm, parse_duration(args.scale_down_unneeded))
+        overrides = None
+        if args.config:
+            import yaml
+
+            from scaler.config import load_config
+
+            load_config(args.config)  # validated as a whole first: errors name the path and value
+            with open(args.config, encoding="utf-8") as f:
+                overrides = yaml.safe_load(f)
         ctx = SimContext(workload, ttft_slo=args.slo_ttft, itl_slo=args.slo_itl, nodes=nodes,
-                         profile_path=args.profile, max_replicas=args.max_replicas)
+                         profile_path=args.profile, max_replicas=args.max_replicas, engine_overrides=overrides)
         bt = run_backtest(args.trace, ctx, policies, progress=progress_wanted(args.no_progress))
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, ConfigError) as e:
         print(f"pdscaler backtest: {e}", file=sys.stderr)
         return 2
     return _report(bt, args)
@@ -289,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--rate-scale", type=float, default=1.0, help="multiply the arrival rate (default 1)")
     bt.add_argument("--policies", help="comma-separated (default oracle,static-peak,static-mean,reactive-ttft,planner,"
                     "pdscaler; also planner-prophet)")
-    bt.add_argument("--profile", help="capacity profile file handed to pdscaler's config (when it supports one)")
+    bt.add_argument("--profile", help="capacity profile file handed to pdscaler's config")
+    bt.add_argument("--config", help="a pdscaler config: its forecast section and first graph's settings and "
+                    "roles (matched by kind) apply to the pdscaler policy")
     bt.add_argument("--slo-ttft", type=float, default=0.5, help="TTFT SLO, seconds (default 0.5)")
     bt.add_argument("--slo-itl", type=float, default=0.03, help="ITL SLO, seconds (default 0.03)")
     bt.add_argument("--duration", help="simulate this long (e.g. 2h, 3d; default: the whole trace)")

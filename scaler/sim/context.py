@@ -23,8 +23,9 @@ class SimContext:
     ttft_slo: float = SLO_TTFT_S
     itl_slo: float = SLO_ITL_S
     nodes: NodeSettings = field(default_factory=NodeSettings)
-    profile_path: str | None = None  # --profile, handed to pdscaler's config when it accepts one
+    profile_path: str | None = None  # --profile, handed to pdscaler's config
     max_replicas: int = 1000
+    engine_overrides: dict | None = None  # --config: a pdscaler config merged over the generated one
 
     @property
     def dt(self) -> float:
