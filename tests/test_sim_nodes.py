@@ -9,12 +9,12 @@ from scaler.sim.nodes import GpuNodes, NodeSettings
 S = NodeSettings(warm_start_s=90, node_provision_s=210, scale_down_unneeded_s=600)
 
 
-def _graph_with_a_balloon(prefill: int) -> tuple[GpuNodes, FluidGraph]:
-    """A graph of `prefill` + 1 decode replicas and one balloon pod, run idle for 100 s."""
+def _graph_with_a_balloon(prefill: int, idle_s: int) -> tuple[GpuNodes, FluidGraph]:
+    """A graph of `prefill` + 1 decode replicas and one balloon pod, run idle for `idle_s`."""
     nodes = GpuNodes(S)
     g = FluidGraph(EmulatorProfile(), now=0.0, replicas={"prefill": prefill, "decode": 1}, nodes=nodes)
     nodes.set_balloons(1, 0.0)
-    for _ in range(100):
+    for _ in range(idle_s):
         g.step(1.0, 0, 100, 10)
     return nodes, g
 
@@ -49,7 +49,7 @@ def test_a_start_without_a_free_gpu_is_cold_and_after_a_recent_scale_down_warm()
 
 
 def test_a_replica_preempts_a_balloon_pod_which_provisions_a_new_node():
-    nodes, g = _graph_with_a_balloon(1)
+    nodes, g = _graph_with_a_balloon(1, 300)  # the balloon's node is provisioned by then
     assert nodes.provisioned == 3
     g.set_replicas("decode", 2, g.now)
     assert _ready_after(g, "decode", 2) == 90  # warm: it took the balloon's GPU
@@ -57,7 +57,7 @@ def test_a_replica_preempts_a_balloon_pod_which_provisions_a_new_node():
 
 
 def test_billed_gpu_hours_count_starting_replicas_balloons_and_idle_nodes_until_removed():
-    nodes, g = _graph_with_a_balloon(2)
+    nodes, g = _graph_with_a_balloon(2, 100)
     g.set_replicas("prefill", 1, g.now)  # one GPU idles for 600 s, then its node is removed
     for _ in range(1000):
         g.step(1.0, 0, 100, 10)
