@@ -114,7 +114,6 @@ class Engine:
     def __init__(self, config: ScalerConfig) -> None:
         self.config = config
         self._latest: dict[str, Observation] = {}
-        self._last: dict[str, Decision] = {}
         fc = config.forecast
         self._forecasters = {
             g: DemandForecaster(fc.model, step_s=config.poll_interval, seed=fc.seed, quantiles=fc.quantiles)
@@ -185,6 +184,7 @@ class Engine:
         gcfg = self.graph_config(graph)
         obs = self._latest.get(graph)
         untrusted = staleness(now, obs.at if obs else None, self.config.stale_after)
+        held_rule = "no-data" if obs is None else "stale-data"
         states = self._state[graph]
         has_warm = any(rc.kind == "warm" for rc in gcfg.roles.values())
         for role, rcfg in gcfg.roles.items():
@@ -202,7 +202,7 @@ class Engine:
             st = states[role]
             current = self._current(st, rcfg, obs, role)
             if untrusted:
-                sized[role] = _held(role, rcfg, st.target, "no-data" if obs is None else "stale-data", untrusted)
+                sized[role] = _held(role, rcfg, st.target, held_rule, untrusted)
                 continue
             try:
                 s, per_h = self._need(now, graph, gcfg, role, rcfg, obs, forecast, horizons, q, current, has_warm)
@@ -217,15 +217,14 @@ class Engine:
         self._graph_rules(gcfg, sized)
         for role, rcfg in gcfg.roles.items():
             if rcfg.kind == "warm":
-                sized[role] = self._warm_role(role, rcfg, gcfg, sized, needs_by_h, horizons, untrusted,
-                                              states[role].target)
+                sized[role] = (_held(role, rcfg, states[role].target, held_rule, untrusted) if untrusted
+                               else self._warm_role(role, rcfg, gcfg, sized, needs_by_h, horizons))
         roles = {}
         for role, s in sized.items():
             states[role].target = s.value
             roles[role] = self._finish(s, gcfg, obs, role, forecast)
         decision = Decision(graph=graph, at=now, roles=roles, data_at=obs.at if obs else None,
                             notes=obs.errors if obs else (), forecast=forecast)
-        self._last[graph] = decision
         return decision
 
     def decide_all(self, now: float) -> dict[str, Decision]:
@@ -432,12 +431,9 @@ class Engine:
 
     @staticmethod
     def _warm_role(role: str, rcfg: RoleConfig, gcfg: GraphConfig, sized: dict[str, _Sized],
-                   needs_by_h: dict[str, np.ndarray], horizons: list[float], untrusted: str | None,
-                   previous: int | None) -> _Sized:
+                   needs_by_h: dict[str, np.ndarray], horizons: list[float]) -> _Sized:
         """Balloon pods for the GPUs the forecast needs within the cold start-up time (plus the
         decision window) beyond what the serving roles' targets already hold."""
-        if untrusted:
-            return _held(role, rcfg, previous, "stale-data" if "old" in untrusted else "no-data", untrusted)
         roles = gcfg.roles
         held_gpus = sum(s.value * roles[r].gpus_per_replica for r, s in sized.items())
         cold = max(rc.startup.cold for rc in roles.values() if rc.kind != "warm") if needs_by_h else 0.0
