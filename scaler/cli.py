@@ -53,7 +53,7 @@ async def _serve(config, host: str, port: int, http_port: int | None = None) -> 
     from scaler.store import DecisionStore
 
     store = DecisionStore()
-    loop = DecisionLoop(Engine(config), build_source(config), store, SystemClock())
+    loop = DecisionLoop(Engine(config, live=True), build_source(config), store, SystemClock())
     server, bound = await start_server(config, store, port, host)
     http = None
     if http_port is not None and http_port >= 0:

@@ -111,12 +111,19 @@ class _Sized:
 
 
 class Engine:
-    def __init__(self, config: ScalerConfig) -> None:
+    def __init__(self, config: ScalerConfig, live: bool = False) -> None:
+        """`live=True` (the server): models that fit slowly get their live parameters (Prophet refits
+        in a background worker process instead of inline). Replays and tests keep the synchronous,
+        reproducible default."""
+        from forecasting.registry import MODELS
+
         self.config = config
         self._latest: dict[str, Observation] = {}
         fc = config.forecast
+        params = MODELS[fc.model].live_params if live else None
         self._forecasters = {
-            g: DemandForecaster(fc.model, step_s=config.poll_interval, seed=fc.seed, quantiles=fc.quantiles)
+            g: DemandForecaster(fc.model, step_s=config.poll_interval, seed=fc.seed, quantiles=fc.quantiles,
+                                model_params=params)
             for g in config.graphs
         }
         self._profiles = {g: _profile(gcfg) for g, gcfg in config.graphs.items()}

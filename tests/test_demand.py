@@ -52,3 +52,17 @@ def test_engine_warm_start_fits_history():
     assert set(fitted) == {"request_rate", "prefill_tokens_per_s"}
     fc = e.forecast(86400.0, "g1", [300.0])
     assert fc.at("request_rate", 0.5)[0] == pytest.approx(100, rel=0.3)
+
+
+def test_the_live_engine_refits_prophet_in_the_background_and_replays_do_not():
+    from forecasting.prophet_model import ProphetForecaster
+    from scaler.engine import Engine
+    from tests.conftest import make_config
+
+    def prophet_models(engine):
+        return [m for f in engine._forecasters.values() for m in f.models.values()]
+
+    cfg = make_config(forecast={"model": "prophet"})
+    live, replay = prophet_models(Engine(cfg, live=True)), prophet_models(Engine(cfg))
+    assert all(isinstance(m, ProphetForecaster) for m in live + replay)
+    assert {m.model.refit for m in live} == {"background"} and {m.model.refit for m in replay} == {"sync"}
