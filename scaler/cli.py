@@ -41,10 +41,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("pdscaler: --prometheus-url needs source.kind: prometheus in the config", file=sys.stderr)
             return 2
         config = config.model_copy(update={"source": config.source.model_copy(update={"url": args.prometheus_url})})
-    return asyncio.run(_serve(config, args.host, args.port, args.http_port))
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_client_ca:
+        if not (args.tls_cert and args.tls_key):
+            print("pdscaler: TLS needs both --tls-cert and --tls-key", file=sys.stderr)
+            return 2
+        from scaler.server import TlsFiles
+
+        tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+        try:
+            tls.credentials()
+        except OSError as e:
+            print(f"pdscaler: {e}", file=sys.stderr)
+            return 2
+    return asyncio.run(_serve(config, args.host, args.port, args.http_port, tls))
 
 
-async def _serve(config, host: str, port: int, http_port: int | None = None) -> int:
+async def _serve(config, host: str, port: int, http_port: int | None = None, tls=None) -> int:
     from scaler.clock import SystemClock
     from scaler.engine import Engine
     from scaler.loop import DecisionLoop
@@ -52,15 +65,27 @@ async def _serve(config, host: str, port: int, http_port: int | None = None) -> 
     from scaler.sources import build_source
     from scaler.store import DecisionStore
 
-    store = DecisionStore()
-    loop = DecisionLoop(Engine(config, live=True), build_source(config), store, SystemClock())
-    server, bound = await start_server(config, store, port, host)
+    store, clock = DecisionStore(), SystemClock()
+    cluster = None
+    if config.kubernetes.enabled:
+        from scaler.kube.api import KubeApi
+        from scaler.kube.watcher import ClusterWatcher
+
+        try:
+            cluster = ClusterWatcher(config, KubeApi.from_config(config.kubernetes), clock)
+        except Exception as e:  # no kubeconfig, no service account: say so at start-up
+            print(f"pdscaler: kubernetes.enabled but no API credentials: {e}", file=sys.stderr)
+            return 2
+    loop = DecisionLoop(Engine(config, live=True), build_source(config), store, clock, cluster)
+    server, bound = await start_server(config, store, port, host, tls)
     http = None
     if http_port is not None and http_port >= 0:
         from scaler.http_admin import start_http
 
         http, http_bound = await start_http(store, list(config.graphs), host.strip("[]") or "::", http_port)
         print(f"pdscaler {__version__}: explain on http://{host}:{http_bound}/explain", flush=True)
+    if cluster is not None:
+        cluster.start()
     loop.start()
     print(f"pdscaler {__version__}: KEDA external scaler on {host}:{bound} for graphs {', '.join(config.graphs)}", flush=True)
     stop = asyncio.Event()
@@ -73,6 +98,8 @@ async def _serve(config, host: str, port: int, http_port: int | None = None) -> 
         await http.cleanup()
     loop.stop()
     loop.source.close()
+    if cluster is not None:
+        cluster.stop()
     return 0
 
 
@@ -234,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prometheus-url", help="override source.url of a prometheus source")
     s.add_argument("--http-port", type=int, default=9090,
                    help="HTTP port for /explain and /healthz (default 9090; -1 = off)")
+    s.add_argument("--tls-cert", help="serve gRPC over TLS with this PEM certificate (needs --tls-key)")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    s.add_argument("--tls-client-ca", help="require client certificates signed by this PEM CA (mTLS)")
     s.set_defaults(func=cmd_serve)
 
     x = sub.add_parser("explain", help="the latest decision of a running scaler, with every input and rule")

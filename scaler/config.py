@@ -124,6 +124,39 @@ class SafetyNet(_Model):
     )
 
 
+K8sName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+
+
+class ScaleTargetRef(_Model):
+    """Any Kubernetes resource with a /scale subresource (what a ScaledObject's scaleTargetRef names)."""
+
+    api_version: str = Field(pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?v[0-9]+[a-z0-9]*$",
+                             description="e.g. apps/v1, nvidia.com/v1alpha1")
+    kind: str = Field(pattern=r"^[A-Z][A-Za-z0-9]*$", description="e.g. Deployment")
+    name: K8sName
+    plural: str | None = Field(
+        None, pattern=r"^[a-z0-9]+$", description="the resource's plural (default: the kind lowercased + 's')"
+    )
+
+    @property
+    def resource(self) -> str:
+        return self.plural or self.kind.lower() + "s"
+
+    def scale_path(self, namespace: str) -> str:
+        """The API server path of the scale subresource."""
+        prefix = "/api" if "/" not in self.api_version else "/apis"
+        return f"{prefix}/{self.api_version}/namespaces/{namespace}/{self.resource}/{self.name}/scale"
+
+
+DGDSA_API_VERSION = "nvidia.com/v1alpha1"
+DGDSA_KIND = "DynamoGraphDeploymentScalingAdapter"
+
+
+def dgdsa_ref(dgd: str, service: str) -> ScaleTargetRef:
+    """Dynamo's scaling adapter of one DGD service: `<dgd>-<service key lowercased>`."""
+    return ScaleTargetRef(api_version=DGDSA_API_VERSION, kind=DGDSA_KIND, name=f"{dgd}-{service.lower()}")
+
+
 class RoleConfig(_Model):
     """One scaled role of a serving graph (a DGD service behind a scaling adapter)."""
 
@@ -148,11 +181,21 @@ class RoleConfig(_Model):
     )
     safety_net: SafetyNet = SafetyNet()
     no_cascade: bool = Field(True, description="no new scale-up while replicas asked for earlier are starting")
+    service: str | None = Field(
+        None, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description="the DGD service key (e.g. VllmPrefillWorker): the scale target is its adapter "
+        "`<dgd>-<service lowercased>`; default: the DGD service whose subComponentType is the role's kind",
+    )
+    scale_target: ScaleTargetRef | None = Field(
+        None, description="any /scale resource instead of a DGD service (e.g. the warm role's Deployment)"
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> "RoleConfig":
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        if self.service is not None and self.scale_target is not None:
+            raise ValueError("give service (a DGD service) or scale_target (any /scale resource), not both")
         return self
 
 
@@ -187,6 +230,7 @@ class GraphConfig(_Model):
         description="label matchers selecting this graph's series in Prometheus "
         '(default: dynamo_namespace="<namespace>-<graph>")',
     )
+    dgd: Name | None = Field(None, description="the DynamoGraphDeployment's name (default: the graph's name)")
     roles: dict[Name, RoleConfig]
     mode: Literal["active", "advisory"] = Field(
         "active", description="advisory: compute, export and explain decisions, but keep the current replicas"
@@ -212,6 +256,9 @@ class GraphConfig(_Model):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {tz!r}") from None
         return tz
+
+    def dgd_name(self, graph: str) -> str:
+        return self.dgd or graph
 
     @field_validator("roles")
     @classmethod
@@ -301,6 +348,24 @@ class ForecastConfig(_Model):
         return self
 
 
+class KubernetesConfig(_Model):
+    """Cluster reads: replicas and rollout state per role, and who else scales them. Read-only: KEDA
+    and the HPA write replicas, pdscaler never does."""
+
+    enabled: bool = Field(False, description="read replicas, readiness and rollouts from the Kubernetes API")
+    kubeconfig: str | None = Field(
+        None, description="kubeconfig file; default: the pod's service account in a cluster, else ~/.kube/config"
+    )
+    context: str | None = Field(None, description="kubeconfig context (default: the current one)")
+    timeout: Duration = Field(5.0, gt=0, description="per API request")
+    interval: Duration = Field(15.0, gt=0, description="how often replicas are read")
+    ownership_interval: Duration = Field(
+        60.0, gt=0, description="how often other HPAs, ScaledObjects and Dynamo's Planner are looked for"
+    )
+    dgd_api_version: str = Field("nvidia.com/v1alpha1", pattern=r"^nvidia\.com/v[0-9]+[a-z0-9]*$",
+                                 description="API version of DynamoGraphDeployments")
+
+
 class ScalerConfig(_Model):
     """The whole configuration of one pdscaler process."""
 
@@ -312,6 +377,7 @@ class ScalerConfig(_Model):
         default_factory=PrometheusSourceConfig, discriminator="kind"
     )
     forecast: ForecastConfig = Field(default_factory=ForecastConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
     graphs: dict[Name, GraphConfig]
 
     @field_validator("graphs")
@@ -320,6 +386,14 @@ class ScalerConfig(_Model):
         if not graphs:
             raise ValueError("configure at least one serving graph")
         return graphs
+
+    @model_validator(mode="after")
+    def _cluster_reads_need_namespaces(self) -> "ScalerConfig":
+        if self.kubernetes.enabled:
+            missing = sorted(g for g, gc in self.graphs.items() if gc.namespace is None)
+            if missing:
+                raise ValueError(f"kubernetes.enabled needs a namespace for every graph; missing for {missing}")
+        return self
 
     @model_validator(mode="after")
     def _scrape_targets_name_graphs(self) -> "ScalerConfig":

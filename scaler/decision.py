@@ -43,6 +43,7 @@ class Decision:
     data_at: float | None = None  # timestamp of the observation it used, if any
     notes: tuple[str, ...] = ()  # problems with the data (dropped values, source errors)
     forecast: "DemandForecast | None" = None  # the graph's demand forecast at decision time
+    warnings: tuple[str, ...] = ()  # problems around the decision (another autoscaler on a role)
 
     @property
     def replicas(self) -> dict[str, int]:
@@ -63,6 +64,7 @@ class Decision:
             "at": self.at,
             "data_at": self.data_at,
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
             "roles": {
                 r: {
                     "kind": d.kind,
@@ -90,6 +92,8 @@ class Decision:
                 lines.append("    inputs:  " + ", ".join(f"{k}={v:.4g}" for k, v in d.reason.inputs.items()))
             if d.reason.figures:
                 lines.append("    figures: " + ", ".join(f"{k}={v:.4g}" for k, v in d.reason.figures.items()))
+        for warning in self.warnings:
+            lines.append(f"  WARNING: {warning}")
         for note in self.notes:
             lines.append(f"  note: {note}")
         return "\n".join(lines)

@@ -85,6 +85,7 @@ class _RoleState:
     startup: StartupTracker
     correction: CapacityCorrection = field(default_factory=CapacityCorrection)
     target: int | None = None  # the last target computed (advised, in advisory mode)
+    floor_only: bool = True  # every target so far was the floor held for want of data (adopt_replicas may replace it)
     observed_needs: deque = field(default_factory=deque)  # (t, reactive need): the forecast cap's window
     emergency_at: float | None = None  # when the safety net last stepped
 
@@ -167,6 +168,22 @@ class Engine:
         values, kv = demand_values(clean, self.config.graphs[obs.graph])
         self._forecasters[obs.graph].observe(clean.at, values, kv)
 
+    def adopt_replicas(self, graph: str, replicas: Mapping[str, int]) -> list[str]:
+        """Take the cluster's current replicas (role -> spec.replicas) as the last target of roles that
+        have none yet, or only the floor held for want of data: a restarted scaler then holds what runs
+        instead of answering the floor while its data is missing. Returns the roles adopted."""
+        gcfg = self.graph_config(graph)
+        states = self._state[graph]
+        adopted = []
+        for role, n in replicas.items():
+            st = states.get(role)
+            if st is not None and (st.target is None or st.floor_only):
+                rcfg = gcfg.roles[role]
+                st.target = max(rcfg.min_replicas, min(rcfg.max_replicas, int(n)))
+                st.floor_only = False
+                adopted.append(role)
+        return adopted
+
     def warm_start(self, graph: str, history: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
         """Fit the graph's forecasts on history (series name -> (timestamps, values)); returns what was fitted."""
         self.graph_config(graph)
@@ -195,7 +212,7 @@ class Engine:
         states = self._state[graph]
         has_warm = any(rc.kind == "warm" for rc in gcfg.roles.values())
         for role, rcfg in gcfg.roles.items():
-            ready = obs.roles.get(role, {}).get("ready_workers") if obs else None
+            ready = ready_of(obs.roles.get(role, {})) if obs else None
             states[role].startup.observe(now, states[role].target, ready)
         horizons = self._horizons(graph)
         forecast = self.forecast(now, graph, horizons) if self.config.forecast.enabled else None
@@ -228,7 +245,9 @@ class Engine:
                                else self._warm_role(role, rcfg, gcfg, sized, needs_by_h, horizons))
         roles = {}
         for role, s in sized.items():
-            states[role].target = s.value
+            st = states[role]
+            st.floor_only = st.floor_only and s.held and (st.target is None or st.floor_only)
+            st.target = s.value
             roles[role] = self._finish(s, gcfg, obs, role, forecast)
         decision = Decision(graph=graph, at=now, roles=roles, data_at=obs.at if obs else None,
                             notes=obs.errors if obs else (), forecast=forecast)
@@ -250,8 +269,7 @@ class Engine:
     def _current(st: _RoleState, rcfg: RoleConfig, obs: Observation | None, role: str) -> int:
         if st.target is not None:
             return st.target
-        ready = obs.roles.get(role, {}).get("ready_workers") if obs else None
-        return int(ready) if ready is not None else rcfg.min_replicas
+        return replicas_now(obs.roles.get(role, {}) if obs else {}, rcfg.min_replicas)
 
     def _need(self, now: float, graph: str, gcfg: GraphConfig, role: str, rcfg: RoleConfig, obs: Observation,
               forecast: DemandForecast | None, horizons: list[float], q: float, current: int, has_warm: bool
@@ -321,7 +339,7 @@ class Engine:
                 kv_usage=net.kv_usage,
                 itl_p99_s=net.itl_p99_s or gcfg.slo.itl_s,
             )
-            ready = r.get("ready_workers")
+            ready = ready_of(r)
             total = reactive.figures.get("demand_tokens_per_s", reactive.figures.get("decode_tokens_per_s"))
             loaded = load_of(total, reactive.figures.get("tokens_per_s_per_replica"), ready)
             breached = breaches(rcfg.kind, limits, g, r, loaded=loaded is None or loaded >= net.min_load)
@@ -402,7 +420,7 @@ class Engine:
         if note:
             s.bind(v, "max-step", note)
         if rcfg.no_cascade and not s.emergency:
-            ready = role_signals.get("ready_workers")
+            ready = ready_of(role_signals)
             v, note = hold_while_starting(s.value, current, int(ready) if ready is not None else None)
             if note:
                 s.bind(v, "no-cascade", note)
@@ -471,10 +489,25 @@ class Engine:
                                          self.config.forecast.horizon)
         reason = Reason(s.rule, s.message, s.inputs, figures)
         if gcfg.mode == "advisory":
-            ready = obs.roles.get(role, {}).get("ready_workers") if obs else None
-            answer = int(ready) if ready is not None else gcfg.roles[role].min_replicas
+            answer = replicas_now(obs.roles.get(role, {}) if obs else {}, gcfg.roles[role].min_replicas)
             return RoleDecision(role, s.kind, answer, reason, advised=s.value, steps=tuple(s.steps))
         return RoleDecision(role, s.kind, s.value, reason, steps=tuple(s.steps))
+
+
+def ready_of(values: Mapping[str, float]) -> float | None:
+    """Ready replicas of a role: the cluster's count when read (scaler/kube), else the workers that
+    report to Dynamo's router."""
+    ready = values.get("ready_replicas")
+    return ready if ready is not None else values.get("ready_workers")
+
+
+def replicas_now(values: Mapping[str, float], default: int) -> int:
+    """The role's replicas as they stand: the scale subresource's spec.replicas when read, else the
+    ready count, else `default`."""
+    for v in (values.get("desired_replicas"), ready_of(values)):
+        if v is not None:
+            return int(v)
+    return default
 
 
 def load_of(demand: float | None, per_replica: float | None, ready: float | None) -> float | None:

@@ -8,21 +8,29 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from forecasting.demand import FORECAST_SERIES
 from scaler.clock import Clock
 from scaler.decision import Decision
 from scaler.engine import Engine
+from scaler.kube.replicas import with_replicas
 from scaler.observation import Observation
 from scaler.sources import MetricsSource
 from scaler.store import DecisionStore
+
+if TYPE_CHECKING:
+    from scaler.kube.watcher import ClusterWatcher
 
 log = logging.getLogger("pdscaler.loop")
 
 
 class DecisionLoop:
-    def __init__(self, engine: Engine, source: MetricsSource, store: DecisionStore, clock: Clock) -> None:
+    def __init__(self, engine: Engine, source: MetricsSource, store: DecisionStore, clock: Clock,
+                 cluster: "ClusterWatcher | None" = None) -> None:
         self.engine, self.source, self.store, self.clock = engine, source, store, clock
+        self.cluster = cluster  # cluster reads (scaler/kube), merged from its last snapshot
         self.interval = engine.config.poll_interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -41,9 +49,18 @@ class DecisionLoop:
             self.last_error = f"{type(e).__name__}: {e}"
             log.warning("metrics source failed: %s", self.last_error)
             observations = []
+        readings = self.cluster.snapshot() if self.cluster is not None else {}
+        for g, reading in readings.items():
+            fresh = now - reading.at <= self.engine.config.stale_after
+            current = {r: rr.desired for r, rr in reading.roles.items() if rr.desired is not None}
+            if fresh and g in self.engine.graphs and self.engine.adopt_replicas(g, current):
+                log.info("graph %s: adopted the cluster's replicas %s", g, current)
         for obs in observations:
-            self._observe(obs)
+            self._observe(with_replicas(obs, readings.get(obs.graph), now, self.engine.config.stale_after))
         decisions = self.engine.decide_all(now)
+        for g, reading in readings.items():
+            if reading.conflicts and g in decisions:
+                decisions[g] = replace(decisions[g], warnings=reading.conflicts)
         changed = {g: d for g, d in decisions.items() if _changed(self.store.get(g), d)}
         self.store.publish(decisions)
         for d in changed.values():
@@ -77,6 +94,8 @@ class DecisionLoop:
             log.warning("dropped observation of %r: %s", obs.graph, e)
 
     def run(self) -> None:
+        if self.cluster is not None:  # start from the replicas the cluster runs, not from the floor
+            self.cluster.first_poll.wait(2 * self.engine.config.kubernetes.timeout + 1)
         self.warm_start()
         next_at = self.clock.now()
         while not self._stop.is_set():

@@ -173,19 +173,44 @@ async def _resolve_or_abort(svc: ExternalScaler, ref, context) -> Target:
         raise  # unreachable: abort raises
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of the gRPC port's TLS: the server's certificate and key, and optionally the CA that
+    client certificates must be signed by (then mTLS: a client without one is refused). KEDA's side is
+    the trigger's `enableTLS: "true"` plus caCert / tlsClientCert / tlsClientKey in a TriggerAuthentication."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        def read(path: str) -> bytes:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as e:
+                raise OSError(f"cannot read TLS file {path}: {e.strerror}") from None
+
+        ca = read(self.client_ca) if self.client_ca else None
+        return grpc.ssl_server_credentials([(read(self.key), read(self.cert))], root_certificates=ca,
+                                           require_client_auth=ca is not None)
+
+
 async def start_server(
-    config: ScalerConfig, store: DecisionStore, port: int, host: str = "[::]"
+    config: ScalerConfig, store: DecisionStore, port: int, host: str = "[::]", tls: TlsFiles | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server (external scaler + health) and return it with the bound port."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_ExternalScalerServicer_to_server(ExternalScaler(config, store), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gRPC external scaler listening on %s:%d", host, bound)
+    log.info("gRPC external scaler listening on %s:%d (%s)", host, bound,
+             "mTLS" if tls and tls.client_ca else "TLS" if tls else "plaintext")
     return server, bound

@@ -96,6 +96,12 @@ SIGNALS: tuple[Signal, ...] = (
 
 GRAPH_SIGNALS = tuple(s for s in SIGNALS if s.scope == "graph")
 
+# Role values read from the Kubernetes API (scaler/kube), not from metrics: name -> (lo, hi).
+CLUSTER_SIGNALS: dict[str, tuple[float, float]] = {
+    "desired_replicas": (0.0, 1e5),  # the scale subresource's spec.replicas
+    "ready_replicas": (0.0, 1e5),  # Ready replicas (the DGD's status, or Ready pods of the selector)
+}
+
 
 def role_signals(kind: str) -> tuple[Signal, ...]:
     return tuple(s for s in SIGNALS if s.scope == "role" and kind in s.kinds)
@@ -105,6 +111,8 @@ def signal_range(name: str) -> tuple[float, float]:
     for s in SIGNALS:
         if s.name == name:
             return s.lo, s.hi
+    if name in CLUSTER_SIGNALS:
+        return CLUSTER_SIGNALS[name]
     raise KeyError(name)
 
 
