@@ -103,6 +103,48 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    """Print ScaledObjects for a DGD's prefill and decode adapters, and the matching config."""
+    import yaml
+
+    from scaler.render import RenderError, render
+
+    try:
+        text = sys.stdin.read() if args.dgd == "-" else open(args.dgd, encoding="utf-8").read()
+        docs = [d for d in yaml.safe_load_all(text) if d]
+    except OSError as e:
+        print(f"pdscaler render: cannot read {args.dgd}: {e.strerror}", file=sys.stderr)
+        return 2
+    except yaml.YAMLError as e:
+        print(f"pdscaler render: {args.dgd} is not YAML: {e}", file=sys.stderr)
+        return 2
+    dgds = [d for d in docs if isinstance(d, dict) and d.get("kind") == "DynamoGraphDeployment"]
+    if len(dgds) != 1:
+        kinds = ", ".join(str(d.get("kind")) if isinstance(d, dict) else type(d).__name__ for d in docs) or "nothing"
+        print(f"pdscaler render: {args.dgd} must hold exactly one DynamoGraphDeployment (found: {kinds})",
+              file=sys.stderr)
+        return 2
+    if not 0 <= args.min_replicas <= args.max_replicas or args.max_replicas < 1:
+        print("pdscaler render: need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1", file=sys.stderr)
+        return 2
+    try:
+        objects, snippet = render(dgds[0], args.namespace, scaler_address=args.scaler_address,
+                                  min_replicas=args.min_replicas, max_replicas=args.max_replicas)
+    except RenderError as e:
+        print(f"pdscaler render: {e}", file=sys.stderr)
+        return 2
+    config_text = yaml.safe_dump(snippet, sort_keys=False)
+    out = yaml.safe_dump_all(objects, sort_keys=False)
+    if args.config_out:
+        with open(args.config_out, "w", encoding="utf-8") as f:
+            f.write(config_text)
+    else:
+        out += "# pdscaler config for this graph (merge under the scaler's config; `pdscaler config check`):\n"
+        out += "".join(f"# {line}\n" for line in config_text.splitlines())
+    sys.stdout.write(out)
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """Ask a running `pdscaler serve` for its latest decision (its HTTP port) and print it."""
     import urllib.error
@@ -265,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--tls-client-ca", help="require client certificates signed by this PEM CA (mTLS)")
     s.set_defaults(func=cmd_serve)
+
+    rd = sub.add_parser("render", help="ScaledObjects and config attaching pdscaler to a DynamoGraphDeployment")
+    rd.add_argument("--dgd", required=True, help="a DynamoGraphDeployment manifest (YAML or JSON; '-' = stdin)")
+    rd.add_argument("--namespace", help="namespace of the ScaledObjects (default: the DGD's, else default)")
+    rd.add_argument("--scaler-address", default="pdscaler.pdscaler.svc.cluster.local:6000",
+                    help="pdscaler's gRPC address as KEDA reaches it (default: the manifests' Service)")
+    rd.add_argument("--min-replicas", type=int, default=1)
+    rd.add_argument("--max-replicas", type=int, default=16)
+    rd.add_argument("--config-out", help="write the config snippet to this file instead of as comments")
+    rd.set_defaults(func=cmd_render)
 
     x = sub.add_parser("explain", help="the latest decision of a running scaler, with every input and rule")
     x.add_argument("--graph", help="the serving graph (default: all)")
