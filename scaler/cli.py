@@ -65,25 +65,30 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     from scaler.sources import build_source
     from scaler.store import DecisionStore
 
-    store, clock = DecisionStore(), SystemClock()
+    from scaler.metrics import ScalerMetrics
+
+    store, clock, metrics = DecisionStore(), SystemClock(), ScalerMetrics()
     cluster = None
     if config.kubernetes.enabled:
         from scaler.kube.api import KubeApi
         from scaler.kube.watcher import ClusterWatcher
 
         try:
-            cluster = ClusterWatcher(config, KubeApi.from_config(config.kubernetes), clock)
+            cluster = ClusterWatcher(config, KubeApi.from_config(config.kubernetes), clock,
+                                     errors=lambda g, n: metrics.cluster_errors.labels(g).inc(n))
         except Exception as e:  # no kubeconfig, no service account: say so at start-up
             print(f"pdscaler: kubernetes.enabled but no API credentials: {e}", file=sys.stderr)
             return 2
-    loop = DecisionLoop(Engine(config, live=True), build_source(config), store, clock, cluster)
-    server, bound = await start_server(config, store, port, host, tls)
+    engine = Engine(config, live=True)
+    loop = DecisionLoop(engine, build_source(config), store, clock, cluster, metrics)
+    metrics.watch(config, store, engine, cluster, clock.now)
+    server, bound = await start_server(config, store, port, host, tls, [metrics.interceptor()])
     http = None
     if http_port is not None and http_port >= 0:
         from scaler.http_admin import start_http
 
-        http, http_bound = await start_http(store, list(config.graphs), host.strip("[]") or "::", http_port)
-        print(f"pdscaler {__version__}: explain on http://{host}:{http_bound}/explain", flush=True)
+        http, http_bound = await start_http(store, list(config.graphs), host.strip("[]") or "::", http_port, metrics)
+        print(f"pdscaler {__version__}: explain and metrics on http://{host}:{http_bound}/explain, /metrics", flush=True)
     if cluster is not None:
         cluster.start()
     loop.start()
@@ -302,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="[::]", help="address to bind (default all)")
     s.add_argument("--prometheus-url", help="override source.url of a prometheus source")
     s.add_argument("--http-port", type=int, default=9090,
-                   help="HTTP port for /explain and /healthz (default 9090; -1 = off)")
+                   help="HTTP port for /explain, /metrics and /healthz (default 9090; -1 = off)")
     s.add_argument("--tls-cert", help="serve gRPC over TLS with this PEM certificate (needs --tls-key)")
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--tls-client-ca", help="require client certificates signed by this PEM CA (mTLS)")

@@ -1,5 +1,5 @@
 """The scaler's HTTP side port: `/explain` (the latest decision per graph, for people and
-`pdscaler explain`) and `/healthz`. Like the gRPC answers, it only reads the DecisionStore: it never
+`pdscaler explain`), `/metrics` (Prometheus, scaler/metrics.py) and `/healthz`. Like the gRPC answers, it only reads the DecisionStore: it never
 waits on Prometheus, a model fit or the Kubernetes API.
 
     GET /explain?graph=G              text: every role's target, the rule that bound it, the steps,
@@ -12,22 +12,36 @@ Unknown graph -> 404 naming the configured graphs; no decision yet -> 503.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from scaler.store import DecisionStore
 
+if TYPE_CHECKING:
+    from scaler.metrics import ScalerMetrics
+
 STORE_KEY = web.AppKey("store", DecisionStore)
 GRAPHS_KEY = web.AppKey("graphs", list)
+METRICS_KEY = web.AppKey("metrics", object)
 
 
-def build_app(store: DecisionStore, graphs: list[str]) -> web.Application:
+def build_app(store: DecisionStore, graphs: list[str], metrics: "ScalerMetrics | None" = None) -> web.Application:
     app = web.Application()
     app[STORE_KEY] = store
     app[GRAPHS_KEY] = list(graphs)
     app.router.add_get("/explain", explain)
     app.router.add_get("/healthz", healthz)
+    if metrics is not None:
+        app[METRICS_KEY] = metrics
+        app.router.add_get("/metrics", metrics_page)
     return app
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    body = request.app[METRICS_KEY].exposition()  # type: ignore[attr-defined]
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def explain(request: web.Request) -> web.Response:
@@ -51,9 +65,10 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-async def start_http(store: DecisionStore, graphs: list[str], host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_http(store: DecisionStore, graphs: list[str], host: str, port: int,
+                     metrics: "ScalerMetrics | None" = None) -> tuple[web.AppRunner, int]:
     """Serve the app on host:port (0 = ephemeral); returns the runner (to clean up) and the bound port."""
-    runner = web.AppRunner(build_app(store, graphs), access_log=None)
+    runner = web.AppRunner(build_app(store, graphs, metrics), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -22,14 +23,16 @@ from scaler.store import DecisionStore
 
 if TYPE_CHECKING:
     from scaler.kube.watcher import ClusterWatcher
+    from scaler.metrics import ScalerMetrics
 
 log = logging.getLogger("pdscaler.loop")
 
 
 class DecisionLoop:
     def __init__(self, engine: Engine, source: MetricsSource, store: DecisionStore, clock: Clock,
-                 cluster: "ClusterWatcher | None" = None) -> None:
+                 cluster: "ClusterWatcher | None" = None, metrics: "ScalerMetrics | None" = None) -> None:
         self.engine, self.source, self.store, self.clock = engine, source, store, clock
+        self.metrics = metrics
         self.cluster = cluster  # cluster reads (scaler/kube), merged from its last snapshot
         self.interval = engine.config.poll_interval
         self._stop = threading.Event()
@@ -42,6 +45,8 @@ class DecisionLoop:
     def tick(self) -> dict[str, Decision]:
         """One poll: collect, observe, decide, publish. Never raises for source problems."""
         now = self.clock.now()
+        t0 = time.perf_counter()
+        m = self.metrics
         try:
             observations = self.source.collect(now)
             self.last_error = None
@@ -49,6 +54,9 @@ class DecisionLoop:
             self.last_error = f"{type(e).__name__}: {e}"
             log.warning("metrics source failed: %s", self.last_error)
             observations = []
+            if m is not None:
+                m.source_errors.labels(type(e).__name__).inc()
+        t1 = time.perf_counter()
         readings = self.cluster.snapshot() if self.cluster is not None else {}
         for g, reading in readings.items():
             fresh = now - reading.at <= self.engine.config.stale_after
@@ -57,7 +65,9 @@ class DecisionLoop:
                 log.info("graph %s: adopted the cluster's replicas %s", g, current)
         for obs in observations:
             self._observe(with_replicas(obs, readings.get(obs.graph), now, self.engine.config.stale_after))
+        t2 = time.perf_counter()
         decisions = self.engine.decide_all(now)
+        t3 = time.perf_counter()
         for g, reading in readings.items():
             if reading.conflicts and g in decisions:
                 decisions[g] = replace(decisions[g], warnings=reading.conflicts)
@@ -66,6 +76,12 @@ class DecisionLoop:
         for d in changed.values():
             log.info("decision %s", _one_line(d))
         self.ticks += 1
+        if m is not None:
+            m.source_up.set(0 if self.last_error else 1)
+            m.collect_seconds.observe(t1 - t0)
+            m.decide_seconds.observe(t3 - t2)
+            m.poll_seconds.observe(time.perf_counter() - t0)
+            m.polls.inc()
         return decisions
 
     def warm_start(self) -> dict[str, list[str]]:
@@ -83,7 +99,10 @@ class DecisionLoop:
             except Exception as e:  # warm start is an optimisation: never fatal
                 log.warning("warm start of %s failed: %s", graph, e)
                 continue
+            t0 = time.perf_counter()
             fitted[graph] = self.engine.warm_start(graph, {name: ty for (_, name), ty in got.items()})
+            if self.metrics is not None:
+                self.metrics.fit_seconds.labels(graph).observe(time.perf_counter() - t0)
             log.info("warm start of %s: fitted %s", graph, ", ".join(fitted[graph]) or "nothing (no history)")
         return fitted
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -197,10 +198,11 @@ class TlsFiles:
 
 
 async def start_server(
-    config: ScalerConfig, store: DecisionStore, port: int, host: str = "[::]", tls: TlsFiles | None = None
+    config: ScalerConfig, store: DecisionStore, port: int, host: str = "[::]", tls: TlsFiles | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server (external scaler + health) and return it with the bound port."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors))
     pb_grpc.add_ExternalScalerServicer_to_server(ExternalScaler(config, store), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -30,8 +30,10 @@ log = logging.getLogger("pdscaler.kube")
 
 class ClusterWatcher:
     def __init__(self, config: ScalerConfig, api: KubeApi, clock: Clock,
-                 on_conflicts: Callable[[str, list[Conflict]], None] | None = None) -> None:
+                 on_conflicts: Callable[[str, list[Conflict]], None] | None = None,
+                 errors: Callable[[str, int], None] | None = None) -> None:
         self.config, self.api, self.clock = config, api, clock
+        self.on_errors = errors  # (graph, number of problems) after each read, e.g. a metrics counter
         self.on_conflicts = on_conflicts
         self._readings: dict[str, ClusterReading] = {}
         self._conflicts: dict[str, tuple[Conflict, ...]] = {}
@@ -137,8 +139,15 @@ class ClusterWatcher:
             reading = self.read_graph(graph, now)
             with self._lock:
                 self._readings[graph] = reading
+            if self.on_errors is not None and reading.errors:
+                self.on_errors(graph, len(reading.errors))
         self.first_poll.set()
         return self.snapshot()
+
+    def conflicts(self) -> dict[str, tuple[Conflict, ...]]:
+        """The last complete ownership check per graph."""
+        with self._lock:
+            return dict(self._conflicts)
 
     def snapshot(self) -> dict[str, ClusterReading]:
         with self._lock:

@@ -1,0 +1,220 @@
+"""The scaler's own metrics (prometheus-client), served on the HTTP side port at /metrics.
+
+Two kinds:
+- instruments updated where things happen: poll and decide durations, metrics-source errors,
+  warm-start fit durations, cluster-read errors, gRPC requests and their latency (a server
+  interceptor);
+- a collector that renders the latest decisions from the DecisionStore at scrape time (like
+  kube-state-metrics renders objects): targets, current and ready replicas, the rule that bound each
+  role, observed inputs, forecasts per quantile and horizon, decision and data age, ownership
+  conflicts. Nothing stale lingers: a graph's series are exactly its latest decision's.
+
+Every metric is prefixed `pdscaler_`; labels `graph`, `role`, and where relevant `rule`, `signal`,
+`series`, `quantile`, `horizon` (seconds). The dashboards (dashboards/) are built on these names.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Callable, Iterable
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from scaler.config import ScalerConfig
+from scaler.store import DecisionStore
+
+if TYPE_CHECKING:
+    from scaler.engine import Engine
+    from scaler.kube.watcher import ClusterWatcher
+
+# Forecast horizons exported (seconds; the nearest point of the engine's grid): 1, 5 and 10 minutes.
+FORECAST_HORIZONS = (60.0, 300.0, 600.0)
+HELD_RULES = ("no-data", "stale-data", "missing-data")
+# Decision figures worth a time series (the rest are in explain).
+FIGURES = ("reactive_replicas", "predictive_replicas", "forecast_cap_replicas", "lead_time_s",
+           "tokens_per_s_per_replica", "usable_tokens_per_s_per_replica", "usable_kv_tokens_per_replica",
+           "arrival_tokens_per_s", "backlog_tokens_per_s", "demand_tokens_per_s", "decode_tokens_per_s",
+           "kv_tokens", "capacity_correction", "serving_gpus", "forecast_gpus")
+FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class ScalerMetrics:
+    """All of one process's metrics in their own registry (several can live in one test process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.poll_seconds = Histogram("pdscaler_poll_duration_seconds", "one decision-loop poll: collect, observe, decide",
+                                      buckets=SLOW_BUCKETS, registry=r)
+        self.collect_seconds = Histogram("pdscaler_source_collect_duration_seconds",
+                                         "reading every graph's metrics from the source", buckets=SLOW_BUCKETS, registry=r)
+        self.decide_seconds = Histogram("pdscaler_decide_duration_seconds", "deciding every graph (forecast, capacity, policy)",
+                                        buckets=SLOW_BUCKETS, registry=r)
+        self.source_errors = Counter("pdscaler_source_errors_total", "polls whose metrics source failed",
+                                     ["error"], registry=r)
+        self.source_up = Gauge("pdscaler_source_up", "1 when the last poll of the metrics source succeeded", registry=r)
+        self.fit_seconds = Histogram("pdscaler_model_fit_duration_seconds", "fitting a graph's forecasts on history (warm start)",
+                                     ["graph"], buckets=SLOW_BUCKETS, registry=r)
+        self.cluster_errors = Counter("pdscaler_cluster_read_errors_total", "cluster reads that failed (per problem)",
+                                      ["graph"], registry=r)
+        self.grpc_requests = Counter("pdscaler_grpc_requests_total", "gRPC requests by method and status code",
+                                     ["method", "code"], registry=r)
+        self.grpc_seconds = Histogram("pdscaler_grpc_request_duration_seconds", "gRPC unary request latency",
+                                      ["method"], buckets=FAST_BUCKETS, registry=r)
+        self.polls = Counter("pdscaler_polls_total", "decision-loop polls", registry=r)
+
+    def watch(self, config: ScalerConfig, store: DecisionStore, engine: "Engine | None" = None,
+              cluster: "ClusterWatcher | None" = None, now: Callable[[], float] = time.time) -> None:
+        """Export the latest decisions (and observations, cluster readings) at every scrape."""
+        self.registry.register(DecisionCollector(config, store, engine, cluster, now))
+
+    def interceptor(self) -> grpc.aio.ServerInterceptor:
+        return _GrpcMetrics(self)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _GrpcMetrics(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: ScalerMetrics) -> None:
+        self.m = metrics
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        method = details.method.rsplit("/", 1)[-1]
+        if handler is None:
+            self.m.grpc_requests.labels(method, grpc.StatusCode.UNIMPLEMENTED.name).inc()
+            return handler
+        if handler.unary_unary is None:  # streams: counted when opened
+            self.m.grpc_requests.labels(method, "STREAM").inc()
+            return handler
+        inner, m = handler.unary_unary, self.m
+
+        async def timed(request, context):
+            t0 = time.perf_counter()
+            code = grpc.StatusCode.OK.name
+            try:
+                return await inner(request, context)
+            except BaseException:
+                c = context.code()
+                code = c.name if isinstance(c, grpc.StatusCode) else grpc.StatusCode.UNKNOWN.name
+                raise
+            finally:
+                m.grpc_seconds.labels(method).observe(time.perf_counter() - t0)
+                m.grpc_requests.labels(method, code).inc()
+
+        return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
+class DecisionCollector(Collector):
+    def __init__(self, config: ScalerConfig, store: DecisionStore, engine: "Engine | None",
+                 cluster: "ClusterWatcher | None", now: Callable[[], float]) -> None:
+        self.config, self.store, self.engine, self.cluster, self.now = config, store, engine, cluster, now
+
+    def describe(self) -> Iterable:
+        return []  # names vary with the config; collected at scrape time
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        gr, grr = ["graph"], ["graph", "role"]
+        fam = {
+            "target": GaugeMetricFamily("pdscaler_target_replicas", "replicas pdscaler answers KEDA with", labels=grr),
+            "advised": GaugeMetricFamily("pdscaler_advised_replicas", "what an advisory graph would ask for", labels=grr),
+            "gpus": GaugeMetricFamily("pdscaler_target_gpus", "target replicas x GPUs per replica", labels=grr),
+            "current": GaugeMetricFamily("pdscaler_current_replicas", "replicas as they stand (scale subresource spec.replicas)", labels=grr),
+            "ready": GaugeMetricFamily("pdscaler_ready_replicas", "ready replicas (cluster, else the router's workers)", labels=grr),
+            "min": GaugeMetricFamily("pdscaler_min_replicas", "configured floor", labels=grr),
+            "max": GaugeMetricFamily("pdscaler_max_replicas", "configured ceiling", labels=grr),
+            "rule": GaugeMetricFamily("pdscaler_decision_rule", "1 for the rule that bound the role's target", labels=grr + ["rule"]),
+            "held": GaugeMetricFamily("pdscaler_decision_held", "1 when the role is held for want of usable data", labels=grr),
+            "figure": GaugeMetricFamily("pdscaler_decision_figure", "capacity and need figures behind the decision", labels=grr + ["figure"]),
+            "input": GaugeMetricFamily("pdscaler_observed", "observed inputs (graph-wide: role=\"\")", labels=grr + ["signal"]),
+            "forecast": GaugeMetricFamily("pdscaler_forecast", "forecast demand per series, quantile and horizon (s)",
+                                          labels=gr + ["series", "quantile", "horizon"]),
+            "decided": GaugeMetricFamily("pdscaler_decision_timestamp_seconds", "when the latest decision was made", labels=gr),
+            "age": GaugeMetricFamily("pdscaler_decision_age_seconds", "age of the latest decision at scrape time", labels=gr),
+            "data_age": GaugeMetricFamily("pdscaler_data_age_seconds", "age of the data the latest decision used (absent: none)", labels=gr),
+            "notes": GaugeMetricFamily("pdscaler_data_problems", "problems with the latest data (dropped values, source errors)", labels=gr),
+            "conflicts": GaugeMetricFamily("pdscaler_ownership_conflicts", "other autoscalers on a role pdscaler scales",
+                                           labels=grr + ["owner_kind", "owner"]),
+            "cluster_age": GaugeMetricFamily("pdscaler_cluster_reading_age_seconds", "age of the last cluster reading", labels=gr),
+        }
+        now = self.now()
+        for graph, d in self.store.all().items():
+            gcfg = self.config.graphs.get(graph)
+            if gcfg is None:
+                continue
+            fam["decided"].add_metric([graph], d.at)
+            fam["age"].add_metric([graph], max(0.0, now - d.at))
+            if d.data_at is not None:
+                fam["data_age"].add_metric([graph], max(0.0, now - d.data_at))
+            fam["notes"].add_metric([graph], len(d.notes))
+            for role, rd in d.roles.items():
+                rcfg = gcfg.roles[role]
+                fam["target"].add_metric([graph, role], rd.replicas)
+                fam["gpus"].add_metric([graph, role], rd.replicas * rcfg.gpus_per_replica)
+                if rd.advised is not None:
+                    fam["advised"].add_metric([graph, role], rd.advised)
+                fam["min"].add_metric([graph, role], rcfg.min_replicas)
+                fam["max"].add_metric([graph, role], rcfg.max_replicas)
+                fam["rule"].add_metric([graph, role, rd.reason.rule], 1)
+                fam["held"].add_metric([graph, role], 1 if rd.reason.rule in HELD_RULES else 0)
+                for k in FIGURES:
+                    v = rd.reason.figures.get(k)
+                    if _finite(v):
+                        fam["figure"].add_metric([graph, role, k], float(v))
+            self._observed(graph, fam)
+            if d.forecast is not None:
+                self._forecast(graph, d.forecast, fam["forecast"])
+        if self.cluster is not None:
+            for graph, reading in self.cluster.snapshot().items():
+                fam["cluster_age"].add_metric([graph], max(0.0, now - reading.at))
+            for graph, found in self.cluster.conflicts().items():
+                for c in found:
+                    fam["conflicts"].add_metric([graph, c.role, c.owner_kind, c.owner], 1)
+        yield from fam.values()
+
+    def _observed(self, graph: str, fam: dict) -> None:
+        obs = self.engine.latest(graph) if self.engine is not None else None
+        if obs is None:
+            return
+        for name, v in obs.signals.items():
+            if _finite(v):
+                fam["input"].add_metric([graph, "", name], float(v))
+        for role, values in obs.roles.items():
+            for name, v in values.items():
+                if _finite(v):
+                    fam["input"].add_metric([graph, role, name], float(v))
+            current = values.get("desired_replicas")
+            ready = values.get("ready_replicas", values.get("ready_workers"))
+            if _finite(current):
+                fam["current"].add_metric([graph, role], float(current))
+            if _finite(ready):
+                fam["ready"].add_metric([graph, role], float(ready))
+
+    def _forecast(self, graph: str, forecast, family: GaugeMetricFamily) -> None:
+        hs = np.asarray(forecast.horizons, dtype=float)
+        if hs.size == 0:
+            return
+        for want in FORECAST_HORIZONS:
+            i = int(np.argmin(np.abs(hs - want)))
+            if abs(hs[i] - want) > 30:  # the grid does not reach this far
+                continue
+            for name, fc in forecast.series.items():
+                for q in self.config.forecast.quantiles:
+                    v = float(fc.quantile(q)[i])
+                    if _finite(v):
+                        family.add_metric([graph, name, f"{q:g}", f"{want:g}"], v)
+            for q, kv in forecast.kv_tokens.items():
+                v = float(kv[i])
+                if _finite(v):
+                    family.add_metric([graph, "kv_tokens", f"{q:g}", f"{want:g}"], v)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")

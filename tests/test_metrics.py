@@ -1,0 +1,125 @@
+"""The scaler's own metrics: decisions rendered at scrape time, loop and gRPC instruments, /metrics."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from scaler.clock import ManualClock
+from scaler.engine import Engine
+from scaler.http_admin import start_http
+from scaler.loop import DecisionLoop
+from scaler.metrics import ScalerMetrics
+from scaler.observation import Observation
+from scaler.rpc import externalscaler_pb2 as pb
+from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
+from scaler.server import start_server
+from scaler.store import DecisionStore
+from tests.conftest import BackgroundLoop, make_config
+
+SIGNALS = {"request_rate": 40.0, "isl_mean": 2000.0, "osl_mean": 200.0, "kv_block_size": 16.0,
+           "prefill_tokens_per_s": 80000.0, "decode_tokens_per_s": 8000.0}
+
+
+class ListSource:
+    """Observations of graph g1 at the clock's time; `fail` makes collect raise."""
+
+    def __init__(self, clock) -> None:
+        self.clock, self.fail = clock, False
+
+    def collect(self, now):
+        if self.fail:
+            raise TimeoutError("prometheus did not answer")
+        return [Observation("g1", now, SIGNALS, {"decode": {"kv_active_blocks": 20000.0, "ready_workers": 2.0}})]
+
+    def close(self):
+        pass
+
+
+def samples(metrics: ScalerMetrics) -> dict[tuple, float]:
+    out = {}
+    for fam in text_string_to_metric_families(metrics.exposition().decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def pick(s: dict, name: str, **labels) -> list[float]:
+    return [v for (n, ls), v in s.items() if n == name and all(dict(ls).get(k) == w for k, w in labels.items())]
+
+
+@pytest.fixture
+def running():
+    config = make_config()
+    clock = ManualClock(1_000_000.0)
+    engine, store, metrics = Engine(config), DecisionStore(), ScalerMetrics()
+    source = ListSource(clock)
+    loop = DecisionLoop(engine, source, store, clock, metrics=metrics)
+    metrics.watch(config, store, engine, None, clock.now)
+    for _ in range(12):  # three minutes of polls: forecasts exist
+        loop.tick()
+        clock.advance(15)
+    return config, clock, engine, store, metrics, source, loop
+
+
+def test_decisions_are_exported_with_their_rule_inputs_and_forecasts(running):
+    config, clock, engine, store, metrics, source, loop = running
+    s = samples(metrics)
+    d = store.get("g1")
+    for role, rd in d.roles.items():
+        assert pick(s, "pdscaler_target_replicas", graph="g1", role=role) == [rd.replicas]
+        assert pick(s, "pdscaler_decision_rule", graph="g1", role=role, rule=rd.reason.rule) == [1.0]
+        assert pick(s, "pdscaler_min_replicas", graph="g1", role=role) == [config.graphs["g1"].roles[role].min_replicas]
+    assert pick(s, "pdscaler_observed", graph="g1", role="", signal="request_rate") == [40.0]
+    assert pick(s, "pdscaler_ready_replicas", graph="g1", role="decode") == [2.0]
+    p90 = pick(s, "pdscaler_forecast", graph="g1", series="prefill_tokens_per_s", quantile="0.9", horizon="300")
+    p50 = pick(s, "pdscaler_forecast", graph="g1", series="prefill_tokens_per_s", quantile="0.5", horizon="300")
+    assert len(p90) == 1 and len(p50) == 1 and p90[0] >= p50[0] > 0
+    assert pick(s, "pdscaler_decision_age_seconds", graph="g1") == [15.0]  # the clock moved on after the tick
+    assert pick(s, "pdscaler_decision_figure", graph="g1", role="prefill", figure="reactive_replicas")
+    assert pick(s, "pdscaler_polls_total") == [12.0] and pick(s, "pdscaler_source_up") == [1.0]
+    assert pick(s, "pdscaler_poll_duration_seconds_count") == [12.0]
+
+
+def test_source_failure_is_counted_and_held_roles_are_flagged(running):
+    config, clock, engine, store, metrics, source, loop = running
+    source.fail = True
+    for _ in range(8):  # 120 s without data: stale after 90 s
+        loop.tick()
+        clock.advance(15)
+    s = samples(metrics)
+    assert pick(s, "pdscaler_source_errors_total", error="TimeoutError") == [8.0]
+    assert pick(s, "pdscaler_source_up") == [0.0]
+    assert pick(s, "pdscaler_decision_held", graph="g1", role="prefill") == [1.0]
+    assert pick(s, "pdscaler_decision_rule", graph="g1", role="prefill", rule="stale-data") == [1.0]
+    assert pick(s, "pdscaler_data_age_seconds", graph="g1")[0] > config.stale_after
+
+
+def test_grpc_requests_and_http_metrics_page(running):
+    config, clock, engine, store, metrics, source, loop = running
+    bg = BackgroundLoop()
+    server, port = bg.run(start_server(config, store, 0, "127.0.0.1", None, [metrics.interceptor()]))
+    runner, http_port = bg.run(start_http(store, list(config.graphs), "127.0.0.1", 0, metrics))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.ExternalScalerStub(ch)
+            ref = pb.ScaledObjectRef(name="so", namespace="ns", scalerMetadata={"graph": "g1", "role": "decode"})
+            for _ in range(3):
+                stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref, metricName="pdscaler-g1-decode"), timeout=5)
+            with pytest.raises(grpc.RpcError):
+                stub.GetMetricSpec(pb.ScaledObjectRef(name="so", scalerMetadata={"graph": "nope", "role": "x"}), timeout=5)
+        page = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5)
+        assert page.headers["Content-Type"].startswith("text/plain")
+        text = page.read().decode()
+    finally:
+        bg.run(server.stop(grace=0))
+        bg.run(runner.cleanup())
+        bg.close()
+    s = {(n, tuple(sorted(ls.items()))): v for f in text_string_to_metric_families(text) for n, ls, v, *_ in f.samples}
+    assert pick(s, "pdscaler_grpc_requests_total", method="GetMetrics", code="OK") == [3.0]
+    assert pick(s, "pdscaler_grpc_requests_total", method="GetMetricSpec", code="NOT_FOUND") == [1.0]
+    assert pick(s, "pdscaler_grpc_request_duration_seconds_count", method="GetMetrics") == [3.0]
+    assert pick(s, "pdscaler_target_replicas", graph="g1", role="decode")
