@@ -123,6 +123,8 @@ class DecisionCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         gr, grr = ["graph"], ["graph", "role"]
         fam = {
+            "info": GaugeMetricFamily("pdscaler_graph_info", "1 per configured graph: its namespace, DGD and mode",
+                                      labels=["graph", "namespace", "dgd", "mode"]),
             "target": GaugeMetricFamily("pdscaler_target_replicas", "replicas pdscaler answers KEDA with", labels=grr),
             "advised": GaugeMetricFamily("pdscaler_advised_replicas", "what an advisory graph would ask for", labels=grr),
             "gpus": GaugeMetricFamily("pdscaler_target_gpus", "target replicas x GPUs per replica", labels=grr),
@@ -145,6 +147,8 @@ class DecisionCollector(Collector):
             "cluster_age": GaugeMetricFamily("pdscaler_cluster_reading_age_seconds", "age of the last cluster reading", labels=gr),
         }
         now = self.now()
+        for graph, gcfg in self.config.graphs.items():
+            fam["info"].add_metric([graph, gcfg.namespace or "", gcfg.dgd_name(graph), gcfg.mode], 1)
         for graph, d in self.store.all().items():
             gcfg = self.config.graphs.get(graph)
             if gcfg is None:

@@ -74,6 +74,7 @@ def test_decisions_are_exported_with_their_rule_inputs_and_forecasts(running):
         assert pick(s, "pdscaler_decision_rule", graph="g1", role=role, rule=rd.reason.rule) == [1.0]
         assert pick(s, "pdscaler_min_replicas", graph="g1", role=role) == [config.graphs["g1"].roles[role].min_replicas]
     assert pick(s, "pdscaler_observed", graph="g1", role="", signal="request_rate") == [40.0]
+    assert pick(s, "pdscaler_graph_info", graph="g1", mode="active") == [1.0]
     assert pick(s, "pdscaler_ready_replicas", graph="g1", role="decode") == [2.0]
     p90 = pick(s, "pdscaler_forecast", graph="g1", series="prefill_tokens_per_s", quantile="0.9", horizon="300")
     p50 = pick(s, "pdscaler_forecast", graph="g1", series="prefill_tokens_per_s", quantile="0.5", horizon="300")
