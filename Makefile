@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test proto clean venv
+.PHONY: demo test e2e dashboards proto clean venv system-deps
 
 venv: $(STAMP)
 
@@ -17,8 +17,23 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/pdscaler demo $(DEMO_ARGS)
 
-test: $(STAMP)
+# Debian packages the tests use: prometheus (the end-to-end run), openssl (TLS certificates).
+system-deps:
+	@command -v prometheus >/dev/null && command -v openssl >/dev/null || { \
+	  echo "installing prometheus and openssl (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus openssl >/dev/null; }
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The end-to-end run alone: real Prometheus, emulator, pdscaler, locust burst, KEDA/HPA emulation.
+e2e: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests/test_e2e.py $(PYTEST_ARGS)
+
+# Regenerate the committed Grafana dashboards (dashboards/*.json) from dashboards/build.py.
+dashboards: $(STAMP)
+	$(BIN)/python -m dashboards.build
 
 # Regenerate the committed gRPC stubs after editing proto/externalscaler.proto.
 proto: $(STAMP)

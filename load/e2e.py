@@ -1,0 +1,325 @@
+"""End-to-end run on loopback: a real Prometheus, the emulated graph, pdscaler, locust and KEDA.
+
+    python -m load.e2e [--out DIR] [--plot FILE]        (also: make e2e, which runs the test)
+
+What runs (all on 127.0.0.1, ephemeral ports, real time):
+- the emulated Dynamo graph (scaler/emulator; no GPUs here): OpenAI API, Dynamo's metric names,
+  scale subresources; replicas start in `STARTUP_S` instead of the published ~90 s so that the run
+  fits in CI's time (the proportions of the policy are kept: the scaler is told the same start-up);
+- a real Prometheus server (Debian package `prometheus`) scraping the emulator and the scaler
+  every second;
+- `pdscaler serve` as its own process, reading Prometheus (source kind prometheus) and exporting
+  its own /metrics;
+- locust, headless, with the burst shape of load/shapes.py against the emulator's frontend;
+- the in-process KEDA + HPA emulation (scaler/keda.py, scaler/hpa.py) polling pdscaler over gRPC
+  and applying the targets to the emulator's scale subresources, with the HPA behavior the shipped
+  ScaledObjects carry (scaler/render.py).
+Afterwards every series comes back from Prometheus' HTTP API: the result holds them for the
+assertions of tests/test_e2e.py, and `plot()` draws demand, forecast and replicas per role.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GRAPH, NAMESPACE = "demo", "default"
+ADAPTERS = {"prefill": f"{GRAPH}-prefillworker", "decode": f"{GRAPH}-decodeworker"}
+STARTUP_S = 15.0  # emulated model load (published: ~90 s); the scaler's config says the same
+POLL_S = 2.0
+# Traffic: 3 req/s of 4,000-token prompts (12k prefill tokens/s, one replica at 30 % of 40k), then
+# 6x for 50 s (72k tokens/s: three replicas at the 0.8 utilisation target), then back.
+RATE, BURST_FACTOR, BURST_AT, BURST_FOR, DURATION = 3.0, 6.0, 45.0, 50.0, 150.0
+ISL, OSL = 4000, 20
+
+
+@dataclass
+class E2EResult:
+    start: float  # epoch seconds when locust started
+    burst: tuple[float, float]  # epoch seconds
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # name -> [(t, v)]
+    queries: dict[str, int] = field(default_factory=dict)  # dashboard query -> series returned
+    query_errors: dict[str, str] = field(default_factory=dict)
+    locust: dict = field(default_factory=dict)
+    prometheus_url: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prometheus_binary() -> str:
+    path = shutil.which("prometheus")
+    if path is None:
+        raise RuntimeError("the `prometheus` binary is missing: `make test` installs the Debian package "
+                           "(apt-get install prometheus)")
+    return path
+
+
+def scaler_config(prometheus_url: str) -> dict:
+    startup = {"warm": f"{STARTUP_S:g}s", "cold": f"{2 * STARTUP_S:g}s", "learn": False}
+    return {
+        "poll_interval": f"{POLL_S:g}s",
+        "stale_after": "20s",
+        "source": {"kind": "prometheus", "url": prometheus_url, "timeout": "1s", "rate_window": "15s"},
+        "forecast": {"warm_start": 0},
+        "graphs": {GRAPH: {"namespace": NAMESPACE, "roles": {
+            "prefill": {"kind": "prefill", "min_replicas": 1, "max_replicas": 6, "component": "PrefillWorker",
+                        "startup": startup, "stabilisation": {"scale_down": "20s"},
+                        "safety_net": {"cooldown": "10s"}},
+            "decode": {"kind": "decode", "min_replicas": 1, "max_replicas": 4, "component": "DecodeWorker",
+                       "startup": startup, "stabilisation": {"scale_down": "20s"}},
+            "warm": {"kind": "warm", "min_replicas": 0, "max_replicas": 2},
+        }}},
+    }
+
+
+def _get_json(url: str, timeout: float = 5.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _wait_http(url: str, deadline: float, what: str) -> None:
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{what} did not come up at {url}")
+
+
+class Prometheus:
+    def __init__(self, workdir: Path, targets: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+               "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [addr]}]}
+                                  for job, addr in targets.items()]}
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+        self.log = open(workdir / "prometheus.log", "w")
+        self.proc = subprocess.Popen(
+            [prometheus_binary(), f"--config.file={workdir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}",
+             "--log.level=warn"], stdout=self.log, stderr=subprocess.STDOUT)
+        _wait_http(f"{self.url}/-/ready", time.monotonic() + 30, "prometheus")
+
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        params = {"query": expr} | ({"time": f"{at:.3f}"} if at is not None else {})
+        body = _get_json(f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}")
+        if body.get("status") != "success":
+            raise ValueError(body.get("error", body))
+        return body["data"]["result"]
+
+    def range(self, expr: str, start: float, end: float, step: float = 1.0) -> list[dict]:
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        body = _get_json(f"{self.url}/api/v1/query_range?{urllib.parse.urlencode(params)}", timeout=15)
+        if body.get("status") != "success":
+            raise ValueError(body.get("error", body))
+        return body["data"]["result"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+# The series the result keeps (name -> PromQL), read back over the whole run.
+SERIES = {
+    "demand_prefill": f'pdscaler_observed{{graph="{GRAPH}",role="",signal="prefill_tokens_per_s"}}',
+    "forecast_prefill_p50": f'pdscaler_forecast{{graph="{GRAPH}",series="prefill_tokens_per_s",quantile="0.5",horizon="60"}}',
+    "forecast_prefill_p90": f'pdscaler_forecast{{graph="{GRAPH}",series="prefill_tokens_per_s",quantile="0.9",horizon="60"}}',
+    "target_prefill": f'pdscaler_target_replicas{{graph="{GRAPH}",role="prefill"}}',
+    "target_decode": f'pdscaler_target_replicas{{graph="{GRAPH}",role="decode"}}',
+    "target_warm": f'pdscaler_target_replicas{{graph="{GRAPH}",role="warm"}}',
+    "min_prefill": f'pdscaler_min_replicas{{graph="{GRAPH}",role="prefill"}}',
+    "min_decode": f'pdscaler_min_replicas{{graph="{GRAPH}",role="decode"}}',
+    "min_warm": f'pdscaler_min_replicas{{graph="{GRAPH}",role="warm"}}',
+    "ready_prefill": 'pdscaler_emulator_replicas{role="prefill",state="ready"}',
+    "ready_decode": 'pdscaler_emulator_replicas{role="decode",state="ready"}',
+    "ttft_p99": 'histogram_quantile(0.99, sum by (le) (rate(dynamo_frontend_time_to_first_token_seconds_bucket[15s])))',
+}
+
+
+def _locust(emulator_url: str, workdir: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [str(Path(sys.executable).with_name("locust")), "-f", str(REPO / "load" / "locustfile.py"), "--headless",
+           "--host", emulator_url, "--shape", "burst", "--rate", f"{RATE:g}", "--burst-factor", f"{BURST_FACTOR:g}",
+           "--burst-at", f"{BURST_AT:g}", "--burst-for", f"{BURST_FOR:g}", "--duration", f"{DURATION:g}",
+           "--isl", str(ISL), "--osl", str(OSL), "--arrivals", "uniform", "--json-file", str(workdir / "locust"),
+           "--loglevel", "WARNING"]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(workdir / "locust.log", "w"), stderr=subprocess.STDOUT)
+
+
+async def _run(workdir: Path, dashboard_queries) -> E2EResult:
+    from scaler.clock import SystemClock
+    from scaler.emulator.app import Emulator
+    from scaler.emulator.profile import EmulatorProfile
+    from scaler.hpa import Behavior
+    from scaler.keda import ExternalScalerClient, HttpScaleTarget, ScaledObjectEmulator, ScaledObjectSpec
+    from scaler.render import hpa_behavior
+
+    clock = SystemClock()
+    emulator = Emulator(EmulatorProfile(startup_delay_s=STARTUP_S), clock=clock, graph=GRAPH, namespace=NAMESPACE)
+    await emulator.start("127.0.0.1", 0)
+    grpc_port, http_port = free_port(), free_port()
+    prom = Prometheus(workdir, {"emulator": emulator.url.removeprefix("http://"), "pdscaler": f"127.0.0.1:{http_port}"})
+    (workdir / "pdscaler.yaml").write_text(yaml.safe_dump(scaler_config(prom.url), sort_keys=False))
+    scaler = subprocess.Popen(
+        [sys.executable, "-m", "scaler", "serve", "--config", str(workdir / "pdscaler.yaml"), "--host", "127.0.0.1",
+         "--port", str(grpc_port), "--http-port", str(http_port)],
+        cwd=REPO, stdout=open(workdir / "pdscaler.log", "w"), stderr=subprocess.STDOUT)
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task] = []
+    targets: list = []
+    client = None
+    try:
+        await asyncio.to_thread(_wait_http, f"http://127.0.0.1:{http_port}/healthz", time.monotonic() + 60, "pdscaler")
+        client = ExternalScalerClient(f"127.0.0.1:{grpc_port}")
+        for role, adapter in ADAPTERS.items():
+            spec = ScaledObjectSpec(
+                name=f"{GRAPH}-{role}", namespace=NAMESPACE,
+                metadata={"scalerAddress": f"127.0.0.1:{grpc_port}", "graph": GRAPH, "role": role},
+                min_replica_count=1, max_replica_count=8, polling_interval=POLL_S, hpa_sync_period=POLL_S,
+                behavior=Behavior.from_dict(hpa_behavior()))
+            path = f"/apis/nvidia.com/v1alpha1/namespaces/{NAMESPACE}/dynamographdeploymentscalingadapters/{adapter}/scale"
+            targets.append(HttpScaleTarget(emulator.url, path))
+            tasks.append(asyncio.create_task(ScaledObjectEmulator(spec, client, targets[-1], clock).run(stop)))
+        await asyncio.sleep(5)  # a few scrapes before the load
+        start = time.time()
+        locust = _locust(emulator.url, workdir)
+        rc = await asyncio.to_thread(locust.wait, DURATION + 90)
+        end = time.time()
+        await asyncio.sleep(2)  # the last scrapes
+        result = E2EResult(start=start, burst=(start + BURST_AT, start + BURST_AT + BURST_FOR), prometheus_url=prom.url)
+        try:
+            result.locust = {"rc": rc, "stats": json.loads((workdir / "locust.json").read_text())}
+        except (OSError, ValueError) as e:
+            result.locust = {"rc": rc, "error": str(e)}
+        for name, expr in SERIES.items():
+            rows = prom.range(expr, start - 5, end, 1.0)
+            result.series[name] = [(float(t), float(v)) for row in rows[:1] for t, v in row["values"]]
+        for expr in dashboard_queries:
+            try:
+                result.queries[expr] = len(prom.query(expr))
+            except (ValueError, OSError) as e:
+                result.query_errors[expr] = str(e)
+        return result
+    finally:
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for target in targets:
+            await target.close()
+        if client is not None:
+            await client.close()
+        scaler.terminate()
+        try:
+            scaler.wait(10)
+        except subprocess.TimeoutExpired:
+            scaler.kill()
+        prom.stop()
+        await emulator.stop()
+
+
+def run(workdir: Path | None = None, dashboard_queries: list[str] | None = None) -> E2EResult:
+    """The whole run (about three minutes); `workdir` keeps logs, configs and Prometheus' data."""
+    if dashboard_queries is None:
+        try:
+            from dashboards.queries import dashboard_queries as dq
+
+            dashboard_queries = sorted({expr for _, _, expr in dq(NAMESPACE, GRAPH)})
+        except ImportError:
+            dashboard_queries = []
+    prometheus_binary()
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="pdscaler-e2e-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_run(workdir, dashboard_queries))
+
+
+def plot(result: E2EResult, path: Path) -> None:
+    """Demand and its forecast, and the replicas of each role, over the run (burst shaded)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = result.start
+
+    def xy(name: str, shift: float = 0.0):
+        pts = result.series.get(name, [])
+        return [t - t0 + shift for t, _ in pts], [v for _, v in pts]
+
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    ax = axes[0]
+    x, y = xy("demand_prefill")
+    ax.plot(x, [v / 1000 for v in y], color="black", label="prefill tokens/s (Dynamo: counted at first token)")
+    x50, y50 = xy("forecast_prefill_p50", 60.0)
+    x90, y90 = xy("forecast_prefill_p90", 60.0)
+    ax.plot(x50, [v / 1000 for v in y50], color="tab:blue", label="forecast p50 (made 60 s earlier)")
+    if x90:
+        ax.fill_between(x50[:len(y90)], [v / 1000 for v in y50[:len(y90)]], [v / 1000 for v in y90[:len(y50)]],
+                        color="tab:blue", alpha=0.2, label="p50-p90 band")
+    ax.set_ylabel("k tokens/s")
+    ax.set_title("pdscaler end to end: real Prometheus, emulated Dynamo graph, locust burst, KEDA/HPA emulation")
+    for ax, role in zip(axes[1:], ("prefill", "decode")):
+        for name, style, label in ((f"target_{role}", "-", "target"), (f"ready_{role}", "--", "ready")):
+            x, y = xy(name)
+            ax.step(x, y, style, where="post", label=f"{role} {label}")
+        if role == "decode":
+            x, y = xy("target_warm")
+            ax.step(x, y, ":", where="post", label="warm (placeholder) target")
+        ax.set_ylabel("replicas")
+    axes[-1].set_xlabel("seconds since the load started")
+    for ax in axes:
+        ax.axvspan(result.burst[0] - t0, result.burst[1] - t0, color="tab:red", alpha=0.08)
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m load.e2e", description=__doc__.splitlines()[0])
+    p.add_argument("--out", help="directory for logs, configs, Prometheus data and result.json")
+    p.add_argument("--plot", help="write the PNG here")
+    args = p.parse_args(argv)
+    result = run(Path(args.out) if args.out else None)
+    if args.out:
+        (Path(args.out) / "result.json").write_text(result.to_json())
+    if args.plot:
+        plot(result, Path(args.plot))
+    empty = [q for q, n in result.queries.items() if n == 0] + list(result.query_errors)
+    print(f"locust rc={result.locust.get('rc')}, dashboard queries: {len(result.queries) - len(empty)} with data, "
+          f"{len(empty)} empty or failing")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

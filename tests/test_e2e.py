@@ -1,0 +1,77 @@
+"""End to end with a real Prometheus (load/e2e.py): locust bursts against the emulated graph,
+pdscaler reads Prometheus, the KEDA/HPA emulation applies its targets. One run (~3 minutes) for
+all the assertions. `make e2e` runs this file alone."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from load import e2e
+
+pytestmark = [pytest.mark.skipif(shutil.which("prometheus") is None,
+                                 reason="needs the prometheus binary (make test installs it)"),
+              pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from dashboards.queries import dashboard_queries
+
+    workdir = tmp_path_factory.mktemp("e2e")
+    queries = sorted({expr for _, _, expr in dashboard_queries(e2e.NAMESPACE, e2e.GRAPH)})
+    result = e2e.run(workdir, queries)
+    (workdir / "result.json").write_text(result.to_json())
+    return result, workdir
+
+
+def values(result, name, start=None, end=None):
+    return [v for t, v in result.series[name] if (start is None or t >= start) and (end is None or t <= end)]
+
+
+def test_load_ran_without_failures(run):
+    result, _ = run
+    stats = {(s["method"], s["name"]): s for s in result.locust["stats"]}
+    post = stats[("POST", "/v1/chat/completions")]
+    assert result.locust["rc"] == 0 and post["num_failures"] == 0
+    expected = e2e.RATE * (e2e.DURATION - e2e.BURST_FOR) + e2e.RATE * e2e.BURST_FACTOR * e2e.BURST_FOR
+    assert abs(post["num_requests"] - expected) <= 0.02 * expected
+
+
+def test_prefill_replicas_rise_during_the_burst_and_fall_after_it(run):
+    result, _ = run
+    b0, b1 = result.burst
+    before = values(result, "target_prefill", end=b0)
+    during = values(result, "target_prefill", b0, b1)
+    assert before and max(before) == 1  # one replica serves the baseline
+    rise_at = next(t for t, v in result.series["target_prefill"] if t >= b0 and v > max(before))
+    assert rise_at - b0 <= 20, "pdscaler asked for more prefill within 20 s of the burst"
+    ready_before, ready_during = values(result, "ready_prefill", end=b0), values(result, "ready_prefill", b0, b1)
+    assert max(ready_during) > max(ready_before), "new replicas were serving before the burst ended"
+    after = values(result, "target_prefill", b1 + 40)
+    assert after and after[-1] < max(during), "and were released after it"
+
+
+def test_no_target_below_its_floor(run):
+    result, _ = run
+    for role in ("prefill", "decode", "warm"):
+        floors = dict(result.series[f"min_{role}"])
+        targets = result.series[f"target_{role}"]
+        assert targets
+        assert all(v >= floors.get(t, 0) for t, v in targets), role
+
+
+def test_every_dashboard_query_returns_data(run):
+    result, _ = run
+    assert result.queries, "no dashboard queries were run"
+    assert result.query_errors == {}
+    empty = sorted(q for q, n in result.queries.items() if n == 0)
+    assert empty == []
+
+
+def test_the_run_draws_its_picture(run):
+    result, workdir = run
+    png = workdir / "e2e.png"
+    e2e.plot(result, png)
+    assert png.stat().st_size > 20_000
