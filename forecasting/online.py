@@ -104,7 +104,9 @@ class OnlineForecaster:
             fallback_sigma=fallback_sigma, max_origins_per_lead=max_origins_per_lead,
         )
         self._leads = self.residuals.leads
-        self._has_backtest = hasattr(model, "backtest")
+        # A model that scores its own candidates and handles their warm-up (auto) keeps its backtest
+        # on during the burn-in; the burn-in still keeps start-up errors out of the residuals.
+        self._has_backtest = hasattr(model, "backtest") and not getattr(model, "own_burn_in", False)
         self._k_last: int | None = None  # last observed bin
         self._z_last = 0.0  # its value, log1p space
         self._recorded: int | None = None  # last origin written in the backtest

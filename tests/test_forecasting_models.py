@@ -295,7 +295,7 @@ def test_p90_coverage_is_near_nominal_on_a_stationary_noisy_series(name):
 def test_auto_exposes_its_choice_and_follows_the_better_candidate():
     step = 300.0
     t, y = daily_series(10, step)
-    m = build("auto", step)
+    m = build("auto", step, prior=None)  # the scores alone (the short-history prior: test_forecast_auto)
     m.fit(t[:-200], y[:-200])
     for i in range(len(t) - 200, len(t)):
         m.update(t[i], y[i])
