@@ -1,0 +1,1 @@
+"""Grafana dashboards for pdscaler, generated with grafana-foundation-sdk (see dashboards/build.py)."""
