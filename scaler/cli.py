@@ -10,6 +10,8 @@ import sys
 
 from scaler import __version__
 
+log = logging.getLogger("pdscaler.cli")
+
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
@@ -40,7 +42,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not isinstance(config.source, PrometheusSourceConfig):
             print("pdscaler: --prometheus-url needs source.kind: prometheus in the config", file=sys.stderr)
             return 2
-        config = config.model_copy(update={"source": config.source.model_copy(update={"url": args.prometheus_url})})
+    def adjust(cfg):  # command-line overrides, re-applied to every reload
+        if args.prometheus_url and isinstance(cfg.source, PrometheusSourceConfig):
+            return cfg.model_copy(update={"source": cfg.source.model_copy(update={"url": args.prometheus_url})})
+        return cfg
+
+    config = adjust(config)
     tls = None
     if args.tls_cert or args.tls_key or args.tls_client_ca:
         if not (args.tls_cert and args.tls_key):
@@ -54,18 +61,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except OSError as e:
             print(f"pdscaler: {e}", file=sys.stderr)
             return 2
-    return asyncio.run(_serve(config, args.host, args.port, args.http_port, tls))
+    return asyncio.run(_serve(config, args.host, args.port, args.http_port, tls, args.config, adjust))
 
 
-async def _serve(config, host: str, port: int, http_port: int | None = None, tls=None) -> int:
+async def _serve(config, host: str, port: int, http_port: int | None = None, tls=None,
+                 config_path: str | None = None, adjust=None) -> int:
+    """Run the server until SIGINT/SIGTERM. With `config_path`, SIGHUP or a change of the file reloads
+    it (`adjust` re-applies command-line overrides); an invalid file keeps the running config."""
+    from grpc_health.v1 import health_pb2
+
     from scaler.clock import SystemClock
     from scaler.engine import Engine
     from scaler.loop import DecisionLoop
-    from scaler.server import start_server
+    from scaler.metrics import ScalerMetrics
+    from scaler.server import SERVICE_NAME, start_server
     from scaler.sources import build_source
     from scaler.store import DecisionStore
-
-    from scaler.metrics import ScalerMetrics
 
     store, clock, metrics = DecisionStore(), SystemClock(), ScalerMetrics()
     cluster = None
@@ -79,25 +90,63 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
         except Exception as e:  # no kubeconfig, no service account: say so at start-up
             print(f"pdscaler: kubernetes.enabled but no API credentials: {e}", file=sys.stderr)
             return 2
-    engine = Engine(config, live=True)
-    loop = DecisionLoop(engine, build_source(config), store, clock, cluster, metrics)
-    metrics.watch(config, store, engine, cluster, clock.now)
+    loop = DecisionLoop(Engine(config, live=True), build_source(config), store, clock, cluster, metrics)
+    collector = metrics.watch(config, store, lambda: loop.engine, cluster, clock.now)
     server, bound = await start_server(config, store, port, host, tls, [metrics.interceptor()])
+    graphs = list(config.graphs)  # shared with the HTTP port; updated in place on reload
     http = None
     if http_port is not None and http_port >= 0:
         from scaler.http_admin import start_http
 
-        http, http_bound = await start_http(store, list(config.graphs), host.strip("[]") or "::", http_port, metrics)
+        http, http_bound = await start_http(store, graphs, host.strip("[]") or "::", http_port, metrics,
+                                            health=loop.healthy)
         print(f"pdscaler {__version__}: explain and metrics on http://{host}:{http_bound}/explain, /metrics", flush=True)
     if cluster is not None:
         cluster.start()
     loop.start()
     print(f"pdscaler {__version__}: KEDA external scaler on {host}:{bound} for graphs {', '.join(config.graphs)}", flush=True)
+
+    def apply(new) -> None:
+        if new.kubernetes != loop.engine.config.kubernetes:
+            log.warning("config reload: the kubernetes section changed; it takes effect at the next restart")
+        engine, source = Engine(new, live=True), build_source(new)  # raise before anything changes
+        loop.reload(engine, source)
+        server.scaler.config = new
+        collector.config = new
+        if cluster is not None:
+            cluster.config = new.model_copy(update={"kubernetes": cluster.config.kubernetes})
+        graphs[:] = list(new.graphs)
+
+    reloader = None
+    if config_path is not None:
+        from scaler.config import load_config
+        from scaler.reload import ConfigReloader
+
+        reloader = ConfigReloader(config_path, config, apply, lambda r: metrics.config_reloads.labels(r).inc())
+        if adjust is not None:
+            reloader.load = lambda path: adjust(load_config(path))
     stop = asyncio.Event()
     aloop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         aloop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    if reloader is not None:
+        aloop.add_signal_handler(signal.SIGHUP, lambda: reloader.reload("SIGHUP"))
+    serving = True
+    while not stop.is_set():  # every few seconds: health, and the config file
+        ok, why = loop.healthy()
+        metrics.healthy.set(1 if ok else 0)
+        if ok != serving:
+            serving = ok
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE_NAME):
+                await server.health.set(name, status)
+            (log.info if ok else log.error)("health: %s", why)
+        if reloader is not None:
+            reloader.check()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=2.0)
+        except asyncio.TimeoutError:
+            pass
     await server.stop(grace=5)
     if http is not None:
         await http.cleanup()

@@ -373,6 +373,10 @@ class ScalerConfig(_Model):
     stale_after: Duration = Field(
         90.0, gt=0, description="an observation older than this is stale: hold, never scale down on it"
     )
+    stuck_after: Duration = Field(
+        300.0, gt=0, description="no poll completed for this long: the decision loop is stuck, health turns "
+        "NOT_SERVING and /healthz 503 (the liveness probe restarts the pod); answers keep the last decisions"
+    )
     source: PrometheusSourceConfig | ScrapeSourceConfig = Field(
         default_factory=PrometheusSourceConfig, discriminator="kind"
     )

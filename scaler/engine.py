@@ -120,6 +120,7 @@ class Engine:
 
         self.config = config
         self._latest: dict[str, Observation] = {}
+        self._forecast_errors: dict[str, str] = {}  # graph -> why its forecast models failed
         fc = config.forecast
         params = MODELS[fc.model].live_params if live else None
         self._forecasters = {
@@ -166,7 +167,15 @@ class Engine:
         clean = sanitize(obs)
         self._latest[obs.graph] = clean
         values, kv = demand_values(clean, self.config.graphs[obs.graph])
-        self._forecasters[obs.graph].observe(clean.at, values, kv)
+        try:
+            self._forecasters[obs.graph].observe(clean.at, values, kv)
+        except Exception as e:  # a broken model must not lose the observation: decisions go reactive
+            self._forecast_errors[obs.graph] = f"forecast model failed to update ({_brief(e)})"
+
+    def targets(self, graph: str) -> dict[str, int | None]:
+        """Each role's last target (None before the first decision)."""
+        self.graph_config(graph)
+        return {r: st.target for r, st in self._state[graph].items()}
 
     def adopt_replicas(self, graph: str, replicas: Mapping[str, int]) -> list[str]:
         """Take the cluster's current replicas (role -> spec.replicas) as the last target of roles that
@@ -215,7 +224,14 @@ class Engine:
             ready = ready_of(obs.roles.get(role, {})) if obs else None
             states[role].startup.observe(now, states[role].target, ready)
         horizons = self._horizons(graph)
-        forecast = self.forecast(now, graph, horizons) if self.config.forecast.enabled else None
+        forecast, forecast_note = None, None
+        if self.config.forecast.enabled:
+            try:
+                forecast = self.forecast(now, graph, horizons)
+                self._forecast_errors.pop(graph, None)
+            except Exception as e:  # size on observed demand alone; the reason says why
+                forecast_note = f"forecast failed ({_brief(e)}): sized on observed demand only"
+            forecast_note = forecast_note or self._forecast_errors.get(graph)
         q = self.config.forecast.quantile
 
         sized: dict[str, _Sized] = {}
@@ -249,8 +265,9 @@ class Engine:
             st.floor_only = st.floor_only and s.held and (st.target is None or st.floor_only)
             st.target = s.value
             roles[role] = self._finish(s, gcfg, obs, role, forecast)
+        notes = (obs.errors if obs else ()) + ((forecast_note,) if forecast_note else ())
         decision = Decision(graph=graph, at=now, roles=roles, data_at=obs.at if obs else None,
-                            notes=obs.errors if obs else (), forecast=forecast)
+                            notes=notes, forecast=forecast)
         return decision
 
     def decide_all(self, now: float) -> dict[str, Decision]:
@@ -444,12 +461,14 @@ class Engine:
             v, which = bound(s.value, roles[r].min_replicas, roles[r].max_replicas)
             if which:
                 s.bind(v, which, f"bounded to {which}={v}")
-        # GPU budget (shared by the serving roles; floors are min_replicas).
+        # GPU budget (shared by the serving roles; floors are min_replicas, and a held role's floor is
+        # the target it holds: the budget trims the live roles, never a role held for want of data).
         if gcfg.gpu_budget is not None:
             serving = {r: s for r, s in sized.items() if roles[r].kind != "warm"}
             fitted, note = fit_budget({r: s.value for r, s in serving.items()},
                                       {r: roles[r].gpus_per_replica for r in serving},
-                                      {r: roles[r].min_replicas for r in serving}, gcfg.gpu_budget)
+                                      {r: s.value if s.held else roles[r].min_replicas for r, s in serving.items()},
+                                      gcfg.gpu_budget)
             if note:
                 for r, s in serving.items():
                     s.bind(fitted[r], "gpu-budget", note)
@@ -492,6 +511,11 @@ class Engine:
             answer = replicas_now(obs.roles.get(role, {}) if obs else {}, gcfg.roles[role].min_replicas)
             return RoleDecision(role, s.kind, answer, reason, advised=s.value, steps=tuple(s.steps))
         return RoleDecision(role, s.kind, s.value, reason, steps=tuple(s.steps))
+
+
+def _brief(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def ready_of(values: Mapping[str, float]) -> float | None:

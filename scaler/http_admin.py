@@ -12,7 +12,7 @@ Unknown graph -> 404 naming the configured graphs; no decision yet -> 503.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,12 +25,15 @@ if TYPE_CHECKING:
 STORE_KEY = web.AppKey("store", DecisionStore)
 GRAPHS_KEY = web.AppKey("graphs", list)
 METRICS_KEY = web.AppKey("metrics", object)
+HEALTH_KEY = web.AppKey("health", object)
 
 
-def build_app(store: DecisionStore, graphs: list[str], metrics: "ScalerMetrics | None" = None) -> web.Application:
+def build_app(store: DecisionStore, graphs: list[str], metrics: "ScalerMetrics | None" = None,
+              health: "Callable[[], tuple[bool, str]] | None" = None) -> web.Application:
     app = web.Application()
     app[STORE_KEY] = store
-    app[GRAPHS_KEY] = list(graphs)
+    app[GRAPHS_KEY] = graphs  # the caller's list: a config reload updates it in place
+    app[HEALTH_KEY] = health or (lambda: (True, "ok"))
     app.router.add_get("/explain", explain)
     app.router.add_get("/healthz", healthz)
     if metrics is not None:
@@ -62,13 +65,15 @@ async def explain(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
+    ok, why = request.app[HEALTH_KEY]()  # type: ignore[operator]
+    return web.Response(status=200 if ok else 503, text=("ok: " if ok else "unhealthy: ") + why + "\n")
 
 
 async def start_http(store: DecisionStore, graphs: list[str], host: str, port: int,
-                     metrics: "ScalerMetrics | None" = None) -> tuple[web.AppRunner, int]:
+                     metrics: "ScalerMetrics | None" = None,
+                     health: "Callable[[], tuple[bool, str]] | None" = None) -> tuple[web.AppRunner, int]:
     """Serve the app on host:port (0 = ephemeral); returns the runner (to clean up) and the bound port."""
-    runner = web.AppRunner(build_app(store, graphs, metrics), access_log=None)
+    runner = web.AppRunner(build_app(store, graphs, metrics, health), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -39,11 +39,38 @@ class DecisionLoop:
         self._thread: threading.Thread | None = None
         self.ticks = 0
         self.last_error: str | None = None
+        self.last_tick_at = clock.now()
+        self._lock = threading.RLock()  # tick vs reload (the reload comes from another thread)
+        self._pending_warm: list[str] = []
         # Answer from the first moment: the floor for every graph, with the reason "no observation yet".
         self.store.publish(engine.decide_all(clock.now()))
 
     def tick(self) -> dict[str, Decision]:
         """One poll: collect, observe, decide, publish. Never raises for source problems."""
+        with self._lock:
+            return self._tick()
+
+    def reload(self, engine: Engine, source: MetricsSource) -> None:
+        """Switch to a new configuration's engine and source between polls. Roles that persist keep
+        their last targets (no drop to the floor); every graph is warm-started again."""
+        with self._lock:
+            old, old_source = self.engine, self.source
+            for g in engine.graphs:
+                if g in old.graphs:
+                    engine.adopt_replicas(g, {r: t for r, t in old.targets(g).items() if t is not None})
+                    latest = old.latest(g)
+                    if latest is not None:
+                        engine.observe(latest)
+            self.engine, self.source = engine, source
+            self.interval = engine.config.poll_interval
+            self._pending_warm = list(engine.graphs) if self.can_warm_start() else []
+        if old_source is not source:
+            try:
+                old_source.close()
+            except Exception:
+                pass
+
+    def _tick(self) -> dict[str, Decision]:
         now = self.clock.now()
         t0 = time.perf_counter()
         m = self.metrics
@@ -66,7 +93,7 @@ class DecisionLoop:
         for obs in observations:
             self._observe(with_replicas(obs, readings.get(obs.graph), now, self.engine.config.stale_after))
         t2 = time.perf_counter()
-        decisions = self.engine.decide_all(now)
+        decisions = self._decide_all(now)
         t3 = time.perf_counter()
         for g, reading in readings.items():
             if reading.conflicts and g in decisions:
@@ -76,6 +103,7 @@ class DecisionLoop:
         for d in changed.values():
             log.info("decision %s", _one_line(d))
         self.ticks += 1
+        self.last_tick_at = self.clock.now()
         if m is not None:
             m.source_up.set(0 if self.last_error else 1)
             m.collect_seconds.observe(t1 - t0)
@@ -84,26 +112,59 @@ class DecisionLoop:
             m.polls.inc()
         return decisions
 
+    def _decide_all(self, now: float) -> dict[str, Decision]:
+        """Every graph's decision; a graph whose decision fails keeps its last one (logged, counted)."""
+        out = {}
+        for g in self.engine.graphs:
+            try:
+                out[g] = self.engine.decide(now, g)
+            except Exception as e:  # a bug or a broken model must not stop the other graphs
+                log.exception("deciding %s failed; keeping its last decision", g)
+                if self.metrics is not None:
+                    self.metrics.decide_errors.labels(g).inc()
+                last = self.store.get(g)
+                if last is not None:
+                    out[g] = replace(last, notes=last.notes[-4:] + (f"decision failed at t={now:.0f} "
+                                                                    f"({type(e).__name__}); kept the last one",))
+        return out
+
+    def healthy(self) -> tuple[bool, str]:
+        """False when no poll has completed for `stuck_after` (a hung source or model)."""
+        age = self.clock.now() - self.last_tick_at
+        limit = self.engine.config.stuck_after
+        if age > limit:
+            return False, f"no decision-loop poll completed for {age:.0f}s (> stuck_after {limit:.0f}s)"
+        return True, f"last poll {age:.0f}s ago"
+
+    def can_warm_start(self) -> bool:
+        history = getattr(self.source, "history", None)  # the scrape source keeps no history
+        return callable(history) and self.engine.config.forecast.warm_start > 0
+
     def warm_start(self) -> dict[str, list[str]]:
         """Fit every graph's forecasts on the source's history, when it has one (Prometheus)."""
-        fc = self.engine.config.forecast
-        history = getattr(self.source, "history", None)
-        if not callable(history) or fc.warm_start <= 0:  # the scrape source keeps no history
+        if not self.can_warm_start():
             return {}
+        return {g: self.warm_start_graph(g) for g in self.engine.graphs}
+
+    def warm_start_graph(self, graph: str) -> list[str]:
+        """Fit one graph's forecasts on the last `forecast.warm_start` of history; never fatal."""
+        fc = self.engine.config.forecast
         end = self.clock.now()
-        fitted = {}
-        for graph in self.engine.graphs:
-            wanted = [(None, name) for name in FORECAST_SERIES]
-            try:
-                got = history(graph, wanted, end - fc.warm_start, end, fc.warm_start_step)
-            except Exception as e:  # warm start is an optimisation: never fatal
-                log.warning("warm start of %s failed: %s", graph, e)
-                continue
-            t0 = time.perf_counter()
-            fitted[graph] = self.engine.warm_start(graph, {name: ty for (_, name), ty in got.items()})
-            if self.metrics is not None:
-                self.metrics.fit_seconds.labels(graph).observe(time.perf_counter() - t0)
-            log.info("warm start of %s: fitted %s", graph, ", ".join(fitted[graph]) or "nothing (no history)")
+        wanted = [(None, name) for name in FORECAST_SERIES]
+        try:
+            got = self.source.history(graph, wanted, end - fc.warm_start, end, fc.warm_start_step)  # type: ignore[attr-defined]
+        except Exception as e:  # warm start is an optimisation
+            log.warning("warm start of %s failed: %s", graph, e)
+            return []
+        t0 = time.perf_counter()
+        try:
+            fitted = self.engine.warm_start(graph, {name: ty for (_, name), ty in got.items()})
+        except Exception as e:
+            log.warning("warm start of %s failed to fit: %s", graph, e)
+            return []
+        if self.metrics is not None:
+            self.metrics.fit_seconds.labels(graph).observe(time.perf_counter() - t0)
+        log.info("warm start of %s: fitted %s", graph, ", ".join(fitted) or "nothing (no history)")
         return fitted
 
     def _observe(self, obs: Observation) -> None:
@@ -115,10 +176,18 @@ class DecisionLoop:
     def run(self) -> None:
         if self.cluster is not None:  # start from the replicas the cluster runs, not from the floor
             self.cluster.first_poll.wait(2 * self.engine.config.kubernetes.timeout + 1)
-        self.warm_start()
+        # Warm starts run between polls, up to half of each interval, so that decisions flow from the
+        # first poll even when fitting hundreds of graphs on their history takes minutes.
+        self._pending_warm = list(self.engine.graphs) if self.can_warm_start() else []
         next_at = self.clock.now()
         while not self._stop.is_set():
             self.tick()
+            budget_end = time.monotonic() + 0.5 * self.interval / _speed(self.clock)
+            while not self._stop.is_set() and time.monotonic() < budget_end:
+                with self._lock:
+                    if not self._pending_warm:
+                        break
+                    self.warm_start_graph(self._pending_warm.pop(0))
             next_at += self.interval
             if self.clock.now() > next_at + self.interval:
                 next_at = self.clock.now()  # fell behind (slow source, suspended): skip, do not burst

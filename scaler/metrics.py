@@ -67,11 +67,19 @@ class ScalerMetrics:
         self.grpc_seconds = Histogram("pdscaler_grpc_request_duration_seconds", "gRPC unary request latency",
                                       ["method"], buckets=FAST_BUCKETS, registry=r)
         self.polls = Counter("pdscaler_polls_total", "decision-loop polls", registry=r)
+        self.decide_errors = Counter("pdscaler_decide_errors_total", "graphs whose decision failed (the last one was kept)",
+                                     ["graph"], registry=r)
+        self.healthy = Gauge("pdscaler_healthy", "1 while the decision loop completes polls (see stuck_after)", registry=r)
+        self.config_reloads = Counter("pdscaler_config_reloads_total", "config file reloads by result",
+                                      ["result"], registry=r)
 
     def watch(self, config: ScalerConfig, store: DecisionStore, engine: "Engine | None" = None,
-              cluster: "ClusterWatcher | None" = None, now: Callable[[], float] = time.time) -> None:
-        """Export the latest decisions (and observations, cluster readings) at every scrape."""
-        self.registry.register(DecisionCollector(config, store, engine, cluster, now))
+              cluster: "ClusterWatcher | None" = None, now: Callable[[], float] = time.time) -> "DecisionCollector":
+        """Export the latest decisions (and observations, cluster readings) at every scrape. `engine`
+        may be a callable returning the current engine (it changes on config reloads)."""
+        collector = DecisionCollector(config, store, engine, cluster, now)
+        self.registry.register(collector)
+        return collector
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
         return _GrpcMetrics(self)
@@ -184,7 +192,8 @@ class DecisionCollector(Collector):
         yield from fam.values()
 
     def _observed(self, graph: str, fam: dict) -> None:
-        obs = self.engine.latest(graph) if self.engine is not None else None
+        engine = self.engine() if callable(self.engine) else self.engine
+        obs = engine.latest(graph) if engine is not None else None
         if obs is None:
             return
         for name, v in obs.signals.items():

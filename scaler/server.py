@@ -203,8 +203,10 @@ async def start_server(
 ) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server (external scaler + health) and return it with the bound port."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors))
-    pb_grpc.add_ExternalScalerServicer_to_server(ExternalScaler(config, store), server)
+    scaler = ExternalScaler(config, store)
+    pb_grpc.add_ExternalScalerServicer_to_server(scaler, server)
     health_servicer = health.aio.HealthServicer()
+    server.scaler, server.health = scaler, health_servicer  # for config reloads and health changes
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)

@@ -22,6 +22,7 @@ from scaler.signals import GRAPH_SIGNALS, Signal, metric_names, role_signals
 from scaler.sources.selection import Matcher, graph_matchers, role_matchers
 
 log = logging.getLogger("pdscaler.sources.prometheus")
+UNREACHABLE = "prometheus unreachable"
 
 TEMPLATES: dict[str, str] = {
     "rate": "sum(rate({metric}{{{sel}}}[{window}]))",
@@ -96,7 +97,7 @@ class PrometheusSource:
             except Exception as e:  # network, HTTP status, parse: all reported, none fatal
                 errors.append(f"{role + ': ' if role else ''}{name}: query failed: {_short(e)}")
                 if _unreachable(e):
-                    errors.append("prometheus unreachable: skipped the remaining queries")
+                    errors.append(f"{UNREACHABLE}: skipped the remaining queries")
                     break
                 continue
             if value is None or (math.isnan(value) and signal.agg in ("mean", "quantile")):
@@ -143,7 +144,21 @@ class PrometheusSource:
         return out
 
     def collect(self, now: float) -> list[Observation]:
-        return [self.collect_graph(g, now) for g in self.config.graphs]
+        """Every graph's observation. Once Prometheus proved unreachable (refused or timed out) in this
+        poll, the remaining graphs are not queried: with hundreds of graphs, one timeout each would stall
+        the loop for minutes. They get an observation without values, whose note says why."""
+        out: list[Observation] = []
+        down: str | None = None
+        for g in self.config.graphs:
+            if down is not None:
+                out.append(Observation(graph=g, at=now, roles={r: {} for r in self.config.graphs[g].roles},
+                                       errors=(down,)))
+                continue
+            obs = self.collect_graph(g, now)
+            out.append(obs)
+            if any(e.startswith(UNREACHABLE) for e in obs.errors):
+                down = f"{UNREACHABLE}: not queried this poll ({g} failed first)"
+        return out
 
     def close(self) -> None:
         self.prom._session.close()
