@@ -296,6 +296,8 @@ def plot(result: E2EResult, path: Path) -> None:
             ax.step(x, y, ":", where="post", label="warm (placeholder) target")
         ax.set_ylabel("replicas")
     axes[-1].set_xlabel("seconds since the load started")
+    end = max((t for pts in result.series.values() for t, _ in pts), default=t0) - t0
+    axes[-1].set_xlim(-5, end)
     for ax in axes:
         ax.axvspan(result.burst[0] - t0, result.burst[1] - t0, color="tab:red", alpha=0.08)
         ax.legend(loc="upper left", fontsize=8)
@@ -305,11 +307,22 @@ def plot(result: E2EResult, path: Path) -> None:
     plt.close(fig)
 
 
+def load_result(path: Path) -> E2EResult:
+    data = json.loads(Path(path).read_text())
+    data["burst"] = tuple(data["burst"])
+    data["series"] = {k: [tuple(p) for p in v] for k, v in data["series"].items()}
+    return E2EResult(**data)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m load.e2e", description=__doc__.splitlines()[0])
     p.add_argument("--out", help="directory for logs, configs, Prometheus data and result.json")
     p.add_argument("--plot", help="write the PNG here")
+    p.add_argument("--replot", help="only draw the PNG of an earlier run's result.json")
     args = p.parse_args(argv)
+    if args.replot:
+        plot(load_result(Path(args.replot)), Path(args.plot or "e2e.png"))
+        return 0
     result = run(Path(args.out) if args.out else None)
     if args.out:
         (Path(args.out) / "result.json").write_text(result.to_json())
