@@ -177,10 +177,11 @@ class Engine:
         self.graph_config(graph)
         return {r: st.target for r, st in self._state[graph].items()}
 
-    def adopt_replicas(self, graph: str, replicas: Mapping[str, int]) -> list[str]:
+    def adopt_replicas(self, graph: str, replicas: Mapping[str, int], at: float | None = None) -> list[str]:
         """Take the cluster's current replicas (role -> spec.replicas) as the last target of roles that
         have none yet, or only the floor held for want of data: a restarted scaler then holds what runs
-        instead of answering the floor while its data is missing. Returns the roles adopted."""
+        instead of answering the floor while its data is missing. With `at`, the adopted count enters the
+        stabilisation history, so a restart does not shorten the scale-down window. Returns the roles adopted."""
         gcfg = self.graph_config(graph)
         states = self._state[graph]
         adopted = []
@@ -190,6 +191,8 @@ class Engine:
                 rcfg = gcfg.roles[role]
                 st.target = max(rcfg.min_replicas, min(rcfg.max_replicas, int(n)))
                 st.floor_only = False
+                if at is not None:  # as if recommended then: a fall waits for the scale-down window
+                    st.stabiliser.apply(at, st.target, st.target)
                 adopted.append(role)
         return adopted
 

@@ -88,7 +88,7 @@ class DecisionLoop:
         for g, reading in readings.items():
             fresh = now - reading.at <= self.engine.config.stale_after
             current = {r: rr.desired for r, rr in reading.roles.items() if rr.desired is not None}
-            if fresh and g in self.engine.graphs and self.engine.adopt_replicas(g, current):
+            if fresh and g in self.engine.graphs and self.engine.adopt_replicas(g, current, at=now):
                 log.info("graph %s: adopted the cluster's replicas %s", g, current)
         for obs in observations:
             self._observe(with_replicas(obs, readings.get(obs.graph), now, self.engine.config.stale_after))

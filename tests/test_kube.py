@@ -316,3 +316,24 @@ def test_the_manifests_grant_exactly_what_the_cluster_reads_use(api_server):
     used = {_rbac_need(m, p) for m, p in api_server.requests}
     granted = {(g, r, v) for rule in RBAC_RULES for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert used == granted
+
+
+def test_adopted_replicas_keep_the_scale_down_window(api_server):
+    """A restarted scaler that adopted 6 decode replicas does not drop them before the window passes."""
+    cfg = config()
+    clock = ManualClock(1000.0)
+    w = ClusterWatcher(cfg, KubeApi.at(api_server.url, timeout=0.5), clock)
+    w.poll()
+    engine = Engine(cfg)
+    loop = DecisionLoop(engine, _NoMetrics(), DecisionStore(), clock, cluster=w)
+    loop.tick()
+    low = {"request_rate": 0.5, "isl_mean": 100.0, "osl_mean": 10.0, "kv_block_size": 16.0,
+           "prefill_tokens_per_s": 50.0, "decode_tokens_per_s": 5.0}
+    window = cfg.graphs["vllm-disagg"].roles["decode"].stabilisation.scale_down
+    for step in range(int(window // 15) + 3):
+        clock.advance(15)
+        engine.observe(Observation("vllm-disagg", clock.now(), low, {"decode": {"kv_active_blocks": 10.0, "ready_workers": 6.0}}))
+        d = engine.decide(clock.now(), "vllm-disagg")
+        if clock.now() - 1000.0 < window:
+            assert d.replicas["decode"] == 6, (step, d.explain())
+    assert d.replicas["decode"] < 6  # after the window, the low demand is acted on
