@@ -56,6 +56,9 @@ class E2EResult:
     queries: dict[str, int] = field(default_factory=dict)  # dashboard query -> series returned
     query_errors: dict[str, str] = field(default_factory=dict)
     locust: dict = field(default_factory=dict)
+    # A second scaler started after the load (a restart, or a second replica behind the same address):
+    # per role, [(scaler A's answer, scaler B's answer)] sampled once a second after B's first polls.
+    ha: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     prometheus_url: str = ""
 
     def to_json(self) -> str:
@@ -82,7 +85,7 @@ def scaler_config(prometheus_url: str) -> dict:
         "poll_interval": f"{POLL_S:g}s",
         "stale_after": "20s",
         "source": {"kind": "prometheus", "url": prometheus_url, "timeout": "1s", "rate_window": "15s"},
-        "forecast": {"warm_start": 0},
+        "forecast": {"warm_start": "10m", "warm_start_step": "2s"},
         "graphs": {GRAPH: {"namespace": NAMESPACE, "roles": {
             "prefill": {"kind": "prefill", "min_replicas": 1, "max_replicas": 6, "component": "PrefillWorker",
                         "startup": startup, "stabilisation": {"scale_down": "20s"},
@@ -213,8 +216,10 @@ async def _run(workdir: Path, dashboard_queries) -> E2EResult:
         locust = _locust(emulator.url, workdir)
         rc = await asyncio.to_thread(locust.wait, DURATION + 90)
         end = time.time()
+        ha = await _second_scaler(workdir, grpc_port)
         await asyncio.sleep(2)  # the last scrapes
-        result = E2EResult(start=start, burst=(start + BURST_AT, start + BURST_AT + BURST_FOR), prometheus_url=prom.url)
+        result = E2EResult(start=start, burst=(start + BURST_AT, start + BURST_AT + BURST_FOR), prometheus_url=prom.url,
+                           ha=ha)
         try:
             result.locust = {"rc": rc, "stats": json.loads((workdir / "locust.json").read_text())}
         except (OSError, ValueError) as e:
@@ -244,6 +249,48 @@ async def _run(workdir: Path, dashboard_queries) -> E2EResult:
             scaler.kill()
         prom.stop()
         await emulator.stop()
+
+
+async def _answers(client, port: int) -> dict[str, float]:
+    from scaler.keda import ScaledObjectRef
+
+    out = {}
+    for role in ("prefill", "decode", "warm"):
+        ref = ScaledObjectRef(name=f"{GRAPH}-{role}", namespace=NAMESPACE,
+                              metadata={"scalerAddress": f"127.0.0.1:{port}", "graph": GRAPH, "role": role})
+        out[role] = (await client.get_metrics(ref, f"pdscaler-{GRAPH}-{role}"))[0]
+    return out
+
+
+async def _second_scaler(workdir: Path, port_a: int, samples: int = 8) -> dict[str, list[tuple[float, float]]]:
+    """Start a second `pdscaler serve` on the same config (it warm-starts from Prometheus' history),
+    let it poll twice, then compare both scalers' answers once a second."""
+    from scaler.keda import ExternalScalerClient
+
+    port_b, http_b = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scaler", "serve", "--config", str(workdir / "pdscaler.yaml"), "--host", "127.0.0.1",
+         "--port", str(port_b), "--http-port", str(http_b)],
+        cwd=REPO, stdout=open(workdir / "pdscaler-b.log", "w"), stderr=subprocess.STDOUT)
+    a, b = ExternalScalerClient(f"127.0.0.1:{port_a}"), ExternalScalerClient(f"127.0.0.1:{port_b}")
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    try:
+        await asyncio.to_thread(_wait_http, f"http://127.0.0.1:{http_b}/healthz", time.monotonic() + 60, "pdscaler B")
+        await asyncio.sleep(2 * POLL_S + 1)
+        for _ in range(samples):
+            ra, rb = await asyncio.gather(_answers(a, port_a), _answers(b, port_b))
+            for role in ra:
+                pairs.setdefault(role, []).append((ra[role], rb[role]))
+            await asyncio.sleep(1)
+    finally:
+        await a.close()
+        await b.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return pairs
 
 
 def run(workdir: Path | None = None, dashboard_queries: list[str] | None = None) -> E2EResult:

@@ -75,3 +75,12 @@ def test_the_run_draws_its_picture(run):
     png = workdir / "e2e.png"
     e2e.plot(result, png)
     assert png.stat().st_size > 20_000
+
+
+def test_a_second_scaler_answers_like_the_first(run):
+    """Restart / HA: a second `pdscaler serve` on the same config warm-starts from Prometheus' history
+    and, from its second poll on, answers every role as the running one does (KEDA round-robins)."""
+    result, _ = run
+    assert set(result.ha) == {"prefill", "decode", "warm"}
+    for role, pairs in result.ha.items():
+        assert len(pairs) >= 5 and all(a == b for a, b in pairs), (role, pairs)
