@@ -1,0 +1,48 @@
+"""load/bench_scaler.py, run tiny: a real `pdscaler serve`, a fake Prometheus, KEDA-like clients.
+
+Checks the report's shape and that no request failed; no timing assertions (shared machine).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_scaler_tiny_run(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "load.bench_scaler", "--graphs", "5", "--clients", "5", "--duration", "5",
+           "--idle", "2", "--poll-interval", "2", "--scrape-every", "1", "--baseline-graphs", "0",
+           "--no-forecast-baseline", "--json", str(out)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "| main (5 graphs) | saturation |" in p.stdout
+
+    report = json.loads(out.read_text())
+    assert report["settings"]["clients"] == 5
+    (main,) = report["results"]
+    assert main["graphs"] == 5 and main["roles"] == 10 and main["forecast"] is True
+    assert main["scaler_exit_code"] == 0
+    assert main["rss_mib_peak_hwm"] > 0
+    phases = {ph["mode"]: ph for ph in main["phases"]}
+    assert set(phases) == {"idle", "realistic", "saturation"}
+    for mode in ("realistic", "saturation"):
+        ph = phases[mode]
+        assert ph["errors"] == {} and ph["failed_client_processes"] == []
+        assert ph["requests"] > 0 and ph["cycles"] > 0
+        for method in ("GetMetricSpec", "GetMetrics", "IsActive", "all"):
+            lat = ph["latency_ms"][method]
+            assert lat["n"] > 0 and {"p50", "p90", "p99", "max"} <= set(lat)
+    assert phases["realistic"]["schedule_lag_ms"]["n"] > 0
+    for ph in phases.values():
+        sc = ph["scaler"]
+        assert {"cpu_pct", "rss_mib_mean", "rss_mib_max", "cpu_pct_by_thread"} <= set(sc)
+        assert sc["rss_mib_max"] > 0
+        fr = ph["freshness"]
+        assert {"graphs_refreshed_within_interval", "refresh_interval_s", "poll", "decide", "collect"} <= set(fr)
+    whole = main["freshness_whole_run"]
+    assert whole["graphs_seen"] == 5 and whole["poll"]["polls"] >= 1
