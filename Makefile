@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test e2e dashboards proto clean venv system-deps
+.PHONY: demo test e2e chaos dashboards proto clean venv system-deps
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ test: $(STAMP) system-deps
 # The end-to-end run alone: real Prometheus, emulator, pdscaler, locust burst, KEDA/HPA emulation.
 e2e: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/test_e2e.py $(PYTEST_ARGS)
+
+# Faults injected into a live scaler on loopback (Prometheus down, slow, killed; metrics gone; bad config).
+chaos: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests/test_chaos.py tests/test_faults.py tests/test_fuzz.py $(PYTEST_ARGS)
 
 # Regenerate the committed Grafana dashboards (dashboards/*.json) from dashboards/build.py.
 dashboards: $(STAMP)

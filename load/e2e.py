@@ -121,10 +121,14 @@ class Prometheus:
                                   for job, addr in targets.items()]}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         self.log = open(workdir / "prometheus.log", "w")
-        self.proc = subprocess.Popen(
-            [prometheus_binary(), f"--config.file={workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--log.level=warn"], stdout=self.log, stderr=subprocess.STDOUT)
+        self.argv = [prometheus_binary(), f"--config.file={workdir / 'prometheus.yml'}",
+                     f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                     "--log.level=warn"]
+        self.restart()
+
+    def restart(self) -> None:
+        """Start the server (again, on the same port and data after a kill)."""
+        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT)
         _wait_http(f"{self.url}/-/ready", time.monotonic() + 30, "prometheus")
 
     def query(self, expr: str, at: float | None = None) -> list[dict]:

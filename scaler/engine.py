@@ -260,8 +260,14 @@ class Engine:
         self._graph_rules(gcfg, sized)
         for role, rcfg in gcfg.roles.items():
             if rcfg.kind == "warm":
-                sized[role] = (_held(role, rcfg, states[role].target, held_rule, untrusted) if untrusted
-                               else self._warm_role(role, rcfg, gcfg, sized, needs_by_h, horizons))
+                blind = [r for r, x in sized.items() if x.held and x.kind != "warm"]
+                if untrusted:
+                    sized[role] = _held(role, rcfg, states[role].target, held_rule, untrusted)
+                elif blind:  # the placeholders cover forecasts the held roles do not have now
+                    sized[role] = _held(role, rcfg, states[role].target, "missing-data",
+                                        f"{', '.join(blind)} held for missing data")
+                else:
+                    sized[role] = self._warm_role(role, rcfg, gcfg, sized, needs_by_h, horizons)
         roles = {}
         for role, s in sized.items():
             st = states[role]
