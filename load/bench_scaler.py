@@ -66,10 +66,29 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 _GRAPH_RE = re.compile(r'dynamo_namespace="[^"]*-g(\d+)"')
 
 
-def fake_value(query: str, t: float) -> float | None:
+_BATCH_RE = re.compile(r'dynamo_namespace=~"([^"]*)"')
+
+
+def fake_result(query: str, t: float) -> list[dict]:
+    """The vector answering one query: one series, or one per graph of a batched `=~"a|b"` query."""
+    m = _BATCH_RE.search(query)
+    if m is None:
+        v = fake_value(query, t)
+        return [] if v is None else [{"metric": {}, "value": [t, repr(v)]}]
+    out = []
+    for ns in m.group(1).split("|"):
+        g = re.search(r"-g(\d+)$", ns)
+        v = fake_value(query, t, int(g.group(1)) if g else 0)
+        if v is not None:
+            out.append({"metric": {"dynamo_namespace": ns}, "value": [t, repr(v)]})
+    return out
+
+
+def fake_value(query: str, t: float, g: int | None = None) -> float | None:
     """A plausible value for one of the scaler's PromQL queries at time t (None: no series)."""
-    m = _GRAPH_RE.search(query)
-    g = int(m.group(1)) if m else 0
+    if g is None:
+        m = _GRAPH_RE.search(query)
+        g = int(m.group(1)) if m else 0
     base = 1.0 + (zlib.crc32(str(g).encode()) % 900) / 100.0  # 1..10 req/s per graph
     phase = (g % 17) / 17.0 * 2 * math.pi
     rate = base * (1.0 + 0.3 * math.sin(2 * math.pi * t / 1800.0 + phase)) * (1.0 + 0.05 * math.sin(t / 7.0 + g))
@@ -114,23 +133,26 @@ class _PromProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         while b"\r\n\r\n" in self.buf:
-            head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            head, rest = self.buf.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            length = next((int(h.split(":", 1)[1]) for h in lines[1:] if h.lower().startswith("content-length:")), 0)
+            if len(rest) < length:
+                return  # wait for the whole body (a POSTed query)
+            body, self.buf = rest[:length], rest[length:]
             try:
-                _, target, _ = line.split(" ", 2)
+                _, target, _ = lines[0].split(" ", 2)
             except ValueError:
                 self.transport.close()
                 return
-            self.transport.write(self._answer(target))
+            self.transport.write(self._answer(target, body.decode("latin-1")))
 
-    def _answer(self, target: str) -> bytes:
+    def _answer(self, target: str, form: str = "") -> bytes:
         url = urlsplit(target)
-        q = parse_qs(url.query)
+        q = parse_qs(url.query) | parse_qs(form)
         now = time.time()
         if url.path == "/api/v1/query":
             t = float(q.get("time", [now])[0])
-            v = fake_value(q.get("query", [""])[0], t)
-            result = [] if v is None else [{"metric": {}, "value": [t, repr(v)]}]
+            result = fake_result(q.get("query", [""])[0], t)
             body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}})
         elif url.path == "/api/v1/query_range":
             body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": []}})

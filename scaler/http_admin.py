@@ -11,6 +11,7 @@ Unknown graph -> 404 naming the configured graphs; no decision yet -> 503.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Callable
 
@@ -43,7 +44,9 @@ def build_app(store: DecisionStore, graphs: list[str], metrics: "ScalerMetrics |
 
 
 async def metrics_page(request: web.Request) -> web.Response:
-    body = request.app[METRICS_KEY].exposition()  # type: ignore[attr-defined]
+    # Rendered in a worker thread: with a thousand graphs the page is megabytes, and the event loop
+    # must stay free for the next request.
+    body = await asyncio.to_thread(request.app[METRICS_KEY].exposition)  # type: ignore[attr-defined]
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

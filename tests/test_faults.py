@@ -4,15 +4,11 @@ a decision that fails; a config reload with an invalid file. In every case the a
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -29,77 +25,10 @@ from scaler.rpc import externalscaler_pb2 as pb
 from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
 from scaler.sources.prometheus import PrometheusSource
 from scaler.store import DecisionStore
+from tests.fake_prometheus import FakePrometheus
 
 GRAPHS = ("alpha", "beta", "gamma")
 HELD = {"missing-data", "stale-data", "no-data"}
-
-
-def value_for(query: str, demand: float) -> str:
-    """Plausible answers of a Dynamo graph under `demand` prefill tokens/s."""
-    if "kvstats_gpu_cache_usage" in query:
-        return "0.5"
-    if "time_to_first_token" in query:
-        return "0.2"
-    if "inter_token_latency" in query:
-        return "0.02"
-    if "block_size" in query:
-        return "16"
-    if query.startswith("count("):
-        return "2"
-    if "input_sequence_tokens_sum" in query and "/" not in query:
-        return str(demand)
-    if "output_sequence_tokens_sum" in query and "/" not in query:
-        return str(demand / 10)
-    if "input_sequence_tokens_sum" in query:  # mean ISL
-        return "2000"
-    if "output_sequence_tokens_sum" in query:
-        return "200"
-    if "requests_total" in query:
-        return str(demand / 2000)
-    return "0"
-
-
-class FakePrometheus:
-    """/api/v1/query with a switchable fault: ok | slow | empty | nan | inf | negative | http500."""
-
-    def __init__(self) -> None:
-        self.mode, self.demand, self.queries = "ok", 200_000.0, 0
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                fake.queries += 1
-                q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("query", [""])[0]
-                mode = fake.mode
-                if mode == "slow":
-                    time.sleep(1.5)
-                if mode == "http500":
-                    self.send_response(500)
-                    self.end_headers()
-                    return
-                value = {"nan": "NaN", "inf": "+Inf", "negative": "-5"}.get(mode, value_for(q, fake.demand))
-                result = [] if mode == "empty" else [{"metric": {}, "value": [time.time(), value]}]
-                body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def config(url: str) -> ScalerConfig:

@@ -1,0 +1,92 @@
+"""A stand-in Prometheus HTTP API for fault tests: answers /api/v1/query (GET and POST, single-graph
+and batched `=~"a|b"` ... `by (label)` queries) with plausible values of a Dynamo graph, or a fault."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def value_for(query: str, demand: float) -> str:
+    """Plausible answers of a Dynamo graph under `demand` prefill tokens/s."""
+    if "kvstats_gpu_cache_usage" in query:
+        return "0.5"
+    if "time_to_first_token" in query:
+        return "0.2"
+    if "inter_token_latency" in query:
+        return "0.02"
+    if "block_size" in query:
+        return "16"
+    if query.startswith("count"):
+        return "2"
+    mean = "_count" in query
+    if "input_sequence_tokens_sum" in query:
+        return "2000" if mean else str(demand)
+    if "output_sequence_tokens_sum" in query:
+        return "200" if mean else str(demand / 10)
+    if "requests_total" in query:
+        return str(demand / 2000)
+    return "0"
+
+
+class FakePrometheus:
+    """`mode`: ok | slow | empty | nan | inf | negative | http500. `queries` counts the requests."""
+
+    def __init__(self) -> None:
+        self.mode, self.demand, self.queries = "ok", 200_000.0, 0
+        self.seen: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _answer(self, params: dict) -> None:
+                fake.queries += 1
+                q = params.get("query", [""])[0]
+                fake.seen.append(q)
+                mode = fake.mode
+                if mode == "slow":
+                    time.sleep(1.5)
+                if mode == "http500":
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                value = {"nan": "NaN", "inf": "+Inf", "negative": "-5"}.get(mode, value_for(q, fake.demand))
+                batched = re.search(r'(\w+)=~"([^"]*)"', q) if " by (" in q else None
+                if batched and "|" in batched.group(2) or (batched and not batched.group(2).startswith(".+")):
+                    label, values = batched.group(1), batched.group(2).replace("\\\\", "").split("|")
+                    result = [{"metric": {label: v}, "value": [time.time(), value]} for v in values]
+                else:
+                    result = [{"metric": {}, "value": [time.time(), value]}]
+                if mode == "empty":
+                    result = []
+                body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass
+
+            def do_GET(self):
+                self._answer(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query))
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                self._answer(urllib.parse.parse_qs(self.rfile.read(n).decode()))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
