@@ -34,7 +34,7 @@ import yaml
 
 from load.e2e import GRAPH, NAMESPACE, REPO, Prometheus, _wait_http, free_port, scaler_config
 
-FAULT_S, RECOVER_S = 20.0, 25.0
+FAULT_S, RECOVER_S = 18.0, 12.0  # a fault outlasts the 15 s rate window: series that vanish are then gone
 FAULTS = ("prometheus-down", "prometheus-slow", "prometheus-killed", "metrics-gone", "bad-config")
 ROLES = ("prefill", "decode", "warm")
 
@@ -243,7 +243,7 @@ async def _run(workdir: Path) -> ChaosResult:
 
 
 def run(workdir: Path | None = None) -> ChaosResult:
-    """The whole run: about four minutes."""
+    """The whole run: about two and a half minutes."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="pdscaler-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_run(workdir))

@@ -43,8 +43,8 @@ ADAPTERS = {"prefill": f"{GRAPH}-prefillworker", "decode": f"{GRAPH}-decodeworke
 STARTUP_S = 15.0  # emulated model load (published: ~90 s); the scaler's config says the same
 POLL_S = 2.0
 # Traffic: 3 req/s of 4,000-token prompts (12k prefill tokens/s, one replica at 30 % of 40k), then
-# 6x for 50 s (72k tokens/s: three replicas at the 0.8 utilisation target), then back.
-RATE, BURST_FACTOR, BURST_AT, BURST_FOR, DURATION = 3.0, 6.0, 45.0, 50.0, 150.0
+# 6x for 40 s (72k tokens/s: three replicas at the 0.8 utilisation target), then back.
+RATE, BURST_FACTOR, BURST_AT, BURST_FOR, DURATION = 3.0, 6.0, 30.0, 40.0, 110.0
 ISL, OSL = 4000, 20
 
 
@@ -298,7 +298,7 @@ async def _second_scaler(workdir: Path, port_a: int, samples: int = 8) -> dict[s
 
 
 def run(workdir: Path | None = None, dashboard_queries: list[str] | None = None) -> E2EResult:
-    """The whole run (about three minutes); `workdir` keeps logs, configs and Prometheus' data."""
+    """The whole run (about two and a half minutes); `workdir` keeps logs, configs and Prometheus' data."""
     if dashboard_queries is None:
         try:
             from dashboards.queries import dashboard_queries as dq

@@ -42,6 +42,7 @@ class DecisionLoop:
         self.last_tick_at = clock.now()
         self._lock = threading.RLock()  # tick vs reload (the reload comes from another thread)
         self._pending_warm: list[str] = []
+        self._notes: dict[str, tuple[str, ...]] = {}  # the data problems last logged, per graph
         # Answer from the first moment: the floor for every graph, with the reason "no observation yet".
         self.store.publish(engine.decide_all(clock.now()))
 
@@ -98,6 +99,14 @@ class DecisionLoop:
         for g, reading in readings.items():
             if reading.conflicts and g in decisions:
                 decisions[g] = replace(decisions[g], warnings=reading.conflicts)
+        for g, d in decisions.items():  # data problems: logged when they change, not every poll
+            notes = tuple(_generic(n) for n in d.notes)
+            if notes != self._notes.get(g, ()):
+                if notes:
+                    log.warning("graph %s: %s", g, "; ".join(d.notes[:5]) + (" ..." if len(d.notes) > 5 else ""))
+                elif g in self._notes:
+                    log.info("graph %s: data problems cleared", g)
+                self._notes[g] = notes
         changed = {g: d for g, d in decisions.items() if _changed(self.store.get(g), d)}
         self.store.publish(decisions)
         for d in changed.values():
@@ -204,6 +213,11 @@ class DecisionLoop:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout)
+
+
+def _generic(note: str) -> str:
+    """A note without its numbers (ages, values change every poll; the problem does not)."""
+    return "".join("#" if c.isdigit() else c for c in note)
 
 
 def _speed(clock: Clock) -> float:

@@ -49,7 +49,7 @@ def test_prefill_replicas_rise_during_the_burst_and_fall_after_it(run):
     assert rise_at - b0 <= 20, "pdscaler asked for more prefill within 20 s of the burst"
     ready_before, ready_during = values(result, "ready_prefill", end=b0), values(result, "ready_prefill", b0, b1)
     assert max(ready_during) > max(ready_before), "new replicas were serving before the burst ended"
-    after = values(result, "target_prefill", b1 + 40)
+    after = values(result, "target_prefill", b1 + 30)
     assert after and after[-1] < max(during), "and were released after it"
 
 

@@ -1,0 +1,55 @@
+"""No secrets in logs: a Prometheus password in the URL and a Kubernetes bearer token never appear
+in what `pdscaler serve` prints, even at debug level and while both endpoints fail."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import yaml
+
+SECRET_PASSWORD = "pw-3f9c2b7e"
+SECRET_TOKEN = "tok-8d1a6c4f0b"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_logs_no_credentials(tmp_path):
+    dead = _free_port()  # nothing listens: every request fails and is logged
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": f"http://127.0.0.1:{dead}"}}],
+        "users": [{"name": "u", "user": {"token": SECRET_TOKEN}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+    }))
+    example = yaml.safe_load(subprocess.run([sys.executable, "-m", "scaler", "config", "example"],
+                                            capture_output=True, text=True, check=True, timeout=60).stdout)
+    example["kubernetes"] = {"enabled": True, "kubeconfig": str(kubeconfig), "timeout": "0.5s", "interval": "1s",
+                             "ownership_interval": "1s"}
+    example["poll_interval"] = "1s"
+    for role in example["graphs"]["example"]["roles"].values():
+        role.pop("scale_target", None)
+    cfg = tmp_path / "pdscaler.yaml"
+    cfg.write_text(yaml.safe_dump(example))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scaler", "--log-level", "debug", "serve", "--config", str(cfg), "--host", "127.0.0.1",
+         "--port", str(_free_port()), "--http-port", "0",
+         "--prometheus-url", f"http://admin:{SECRET_PASSWORD}@127.0.0.1:{dead}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(6)  # several polls and cluster reads, all failing
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=15)[0]
+    assert "prometheus unreachable" in out, out[-2000:]  # the failures were logged...
+    assert "GET /apis/" in out and "connection refused or unreachable" in out, out[-2000:]
+    assert SECRET_PASSWORD not in out
+    assert SECRET_TOKEN not in out
