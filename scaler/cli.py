@@ -72,26 +72,27 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
 
     from scaler.clock import SystemClock
     from scaler.engine import Engine
-    from scaler.loop import DecisionLoop
     from scaler.metrics import ScalerMetrics
     from scaler.server import SERVICE_NAME, start_server
     from scaler.sources import build_source
     from scaler.store import DecisionStore
+    from scaler.worker import DecisionWorker
 
-    store, clock, metrics = DecisionStore(), SystemClock(), ScalerMetrics()
-    cluster = None
-    if config.kubernetes.enabled:
+    store, clock = DecisionStore(), SystemClock()
+    metrics = ScalerMetrics(parts=("server",))
+    if config.kubernetes.enabled:  # fail at start-up, in this process, when there are no credentials
         from scaler.kube.api import KubeApi
-        from scaler.kube.watcher import ClusterWatcher
 
         try:
-            cluster = ClusterWatcher(config, KubeApi.from_config(config.kubernetes), clock,
-                                     errors=lambda g, n: metrics.cluster_errors.labels(g).inc(n))
-        except Exception as e:  # no kubeconfig, no service account: say so at start-up
+            KubeApi.from_config(config.kubernetes).close()
+        except Exception as e:
             print(f"pdscaler: kubernetes.enabled but no API credentials: {e}", file=sys.stderr)
             return 2
-    loop = DecisionLoop(Engine(config, live=True), build_source(config), store, clock, cluster, metrics)
-    collector = metrics.watch(config, store, lambda: loop.engine, cluster, clock.now)
+    # The decision loop (metrics source, forecasts, cluster reads) runs in a child process, so that its
+    # CPU work never holds this process's GIL while KEDA waits for an answer (scaler/worker.py).
+    worker = DecisionWorker(config, store, clock)
+    metrics.extra = worker.child_metrics
+    collector = metrics.watch(config, store, lambda: worker, worker if config.kubernetes.enabled else None, clock.now)
     server, bound = await start_server(config, store, port, host, tls, [metrics.interceptor()])
     graphs = list(config.graphs)  # shared with the HTTP port; updated in place on reload
     http = None
@@ -99,22 +100,19 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
         from scaler.http_admin import start_http
 
         http, http_bound = await start_http(store, graphs, host.strip("[]") or "::", http_port, metrics,
-                                            health=loop.healthy)
+                                            health=worker.healthy)
         print(f"pdscaler {__version__}: explain and metrics on http://{host}:{http_bound}/explain, /metrics", flush=True)
-    if cluster is not None:
-        cluster.start()
-    loop.start()
+    worker.start()
     print(f"pdscaler {__version__}: KEDA external scaler on {host}:{bound} for graphs {', '.join(config.graphs)}", flush=True)
 
     def apply(new) -> None:
-        if new.kubernetes != loop.engine.config.kubernetes:
+        if new.kubernetes != worker.config.kubernetes:
             log.warning("config reload: the kubernetes section changed; it takes effect at the next restart")
-        engine, source = Engine(new, live=True), build_source(new)  # raise before anything changes
-        loop.reload(engine, source)
+        Engine(new, live=True)  # raise here, before anything changes
+        build_source(new).close()
+        worker.reload(new)
         server.scaler.config = new
         collector.config = new
-        if cluster is not None:
-            cluster.config = new.model_copy(update={"kubernetes": cluster.config.kubernetes})
         graphs[:] = list(new.graphs)
 
     reloader = None
@@ -133,7 +131,7 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
         aloop.add_signal_handler(signal.SIGHUP, lambda: reloader.reload("SIGHUP"))
     serving = True
     while not stop.is_set():  # every few seconds: health, and the config file
-        ok, why = loop.healthy()
+        ok, why = worker.healthy()
         metrics.healthy.set(1 if ok else 0)
         if ok != serving:
             serving = ok
@@ -150,10 +148,7 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     await server.stop(grace=5)
     if http is not None:
         await http.cleanup()
-    loop.stop()
-    loop.source.close()
-    if cluster is not None:
-        cluster.stop()
+    worker.stop()
     return 0
 
 

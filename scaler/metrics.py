@@ -44,34 +44,40 @@ SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 
 
 class ScalerMetrics:
-    """All of one process's metrics in their own registry (several can live in one test process)."""
+    """One process's metrics in their own registry (several can live in one test process). `parts`:
+    "loop" (the decision loop's instruments) and/or "server" (gRPC, health, reloads). `pdscaler
+    serve` runs the loop in a child process (scaler/worker.py) with its own "loop" registry, whose
+    text the serving process appends to its page (`extra`)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, parts: tuple[str, ...] = ("loop", "server")) -> None:
         self.registry = registry or CollectorRegistry()
+        self.extra: Callable[[], bytes] | None = None
         r = self.registry
-        self.poll_seconds = Histogram("pdscaler_poll_duration_seconds", "one decision-loop poll: collect, observe, decide",
-                                      buckets=SLOW_BUCKETS, registry=r)
-        self.collect_seconds = Histogram("pdscaler_source_collect_duration_seconds",
-                                         "reading every graph's metrics from the source", buckets=SLOW_BUCKETS, registry=r)
-        self.decide_seconds = Histogram("pdscaler_decide_duration_seconds", "deciding every graph (forecast, capacity, policy)",
-                                        buckets=SLOW_BUCKETS, registry=r)
-        self.source_errors = Counter("pdscaler_source_errors_total", "polls whose metrics source failed",
-                                     ["error"], registry=r)
-        self.source_up = Gauge("pdscaler_source_up", "1 when the last poll of the metrics source succeeded", registry=r)
-        self.fit_seconds = Histogram("pdscaler_model_fit_duration_seconds", "fitting a graph's forecasts on history (warm start)",
-                                     ["graph"], buckets=SLOW_BUCKETS, registry=r)
-        self.cluster_errors = Counter("pdscaler_cluster_read_errors_total", "cluster reads that failed (per problem)",
-                                      ["graph"], registry=r)
-        self.grpc_requests = Counter("pdscaler_grpc_requests_total", "gRPC requests by method and status code",
-                                     ["method", "code"], registry=r)
-        self.grpc_seconds = Histogram("pdscaler_grpc_request_duration_seconds", "gRPC unary request latency",
-                                      ["method"], buckets=FAST_BUCKETS, registry=r)
-        self.polls = Counter("pdscaler_polls_total", "decision-loop polls", registry=r)
-        self.decide_errors = Counter("pdscaler_decide_errors_total", "graphs whose decision failed (the last one was kept)",
-                                     ["graph"], registry=r)
-        self.healthy = Gauge("pdscaler_healthy", "1 while the decision loop completes polls (see stuck_after)", registry=r)
-        self.config_reloads = Counter("pdscaler_config_reloads_total", "config file reloads by result",
-                                      ["result"], registry=r)
+        if "loop" in parts:
+            self.poll_seconds = Histogram("pdscaler_poll_duration_seconds", "one decision-loop poll: collect, observe, decide",
+                                          buckets=SLOW_BUCKETS, registry=r)
+            self.collect_seconds = Histogram("pdscaler_source_collect_duration_seconds",
+                                             "reading every graph's metrics from the source", buckets=SLOW_BUCKETS, registry=r)
+            self.decide_seconds = Histogram("pdscaler_decide_duration_seconds", "deciding every graph (forecast, capacity, policy)",
+                                            buckets=SLOW_BUCKETS, registry=r)
+            self.source_errors = Counter("pdscaler_source_errors_total", "polls whose metrics source failed",
+                                         ["error"], registry=r)
+            self.source_up = Gauge("pdscaler_source_up", "1 when the last poll of the metrics source succeeded", registry=r)
+            self.fit_seconds = Histogram("pdscaler_model_fit_duration_seconds", "fitting a graph's forecasts on history (warm start)",
+                                         ["graph"], buckets=SLOW_BUCKETS, registry=r)
+            self.cluster_errors = Counter("pdscaler_cluster_read_errors_total", "cluster reads that failed (per problem)",
+                                          ["graph"], registry=r)
+            self.polls = Counter("pdscaler_polls_total", "decision-loop polls", registry=r)
+            self.decide_errors = Counter("pdscaler_decide_errors_total", "graphs whose decision failed (the last one was kept)",
+                                         ["graph"], registry=r)
+        if "server" in parts:
+            self.grpc_requests = Counter("pdscaler_grpc_requests_total", "gRPC requests by method and status code",
+                                         ["method", "code"], registry=r)
+            self.grpc_seconds = Histogram("pdscaler_grpc_request_duration_seconds", "gRPC unary request latency",
+                                          ["method"], buckets=FAST_BUCKETS, registry=r)
+            self.healthy = Gauge("pdscaler_healthy", "1 while the decision loop completes polls (see stuck_after)", registry=r)
+            self.config_reloads = Counter("pdscaler_config_reloads_total", "config file reloads by result",
+                                          ["result"], registry=r)
 
     def watch(self, config: ScalerConfig, store: DecisionStore, engine: "Engine | None" = None,
               cluster: "ClusterWatcher | None" = None, now: Callable[[], float] = time.time) -> "DecisionCollector":
@@ -85,7 +91,8 @@ class ScalerMetrics:
         return _GrpcMetrics(self)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        page = generate_latest(self.registry)
+        return page + self.extra() if self.extra is not None else page
 
 
 class _GrpcMetrics(grpc.aio.ServerInterceptor):

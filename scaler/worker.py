@@ -1,0 +1,183 @@
+"""The decision loop in a process of its own, for `pdscaler serve`.
+
+Reading metrics, forecasting and deciding hundreds of graphs is CPU work; in the process that answers
+KEDA it would hold the GIL for seconds each poll and the answers would wait on it. So `serve` runs the
+DecisionLoop (metrics source, engine, cluster reads) in a spawned child process, which sends each
+poll's decisions (with the observations, cluster facts and its own metrics) through a pipe. The serving
+process only stores them and answers from memory. Config reloads are validated in the serving process
+and sent to the child; if the child dies, health turns NOT_SERVING and answers keep the last decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from scaler.config import ScalerConfig
+from scaler.decision import Decision
+from scaler.observation import Observation
+from scaler.store import DecisionStore
+
+log = logging.getLogger("pdscaler.worker")
+
+
+@dataclass
+class Tick:
+    """What the child sends after each poll."""
+
+    at: float
+    decisions: dict[str, Decision]
+    observations: dict[str, Observation]
+    cluster_at: dict[str, float] = field(default_factory=dict)
+    conflicts: dict[str, tuple] = field(default_factory=dict)
+    metrics: bytes = b""  # the child's own instruments, Prometheus text format
+
+
+def _plain(obs: Observation) -> Observation:
+    """An observation that pickles (sanitized ones hold read-only mapping proxies)."""
+    return Observation(graph=obs.graph, at=obs.at, signals=dict(obs.signals),
+                       roles={r: dict(v) for r, v in obs.roles.items()}, errors=tuple(obs.errors))
+
+
+def _child(config: ScalerConfig, conn, log_level: int) -> None:  # pragma: no cover - runs in the child
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from scaler.clock import SystemClock
+    from scaler.engine import Engine
+    from scaler.loop import DecisionLoop
+    from scaler.metrics import ScalerMetrics
+    from scaler.sources import build_source
+
+    clock, metrics = SystemClock(), ScalerMetrics(parts=("loop",))
+    cluster = None
+    if config.kubernetes.enabled:
+        from scaler.kube.api import KubeApi
+        from scaler.kube.watcher import ClusterWatcher
+
+        cluster = ClusterWatcher(config, KubeApi.from_config(config.kubernetes), clock,
+                                 errors=lambda g, n: metrics.cluster_errors.labels(g).inc(n))
+    store = DecisionStore()
+    send_lock = threading.Lock()
+    holder: dict[str, Any] = {}
+
+    def send() -> None:
+        loop = holder.get("loop")
+        if loop is None:
+            return
+        engine = loop.engine
+        obs = {g: _plain(o) for g in engine.graphs if (o := engine.latest(g)) is not None}
+        tick = Tick(at=clock.now(), decisions=dict(store.all()), observations=obs, metrics=metrics.exposition())
+        if cluster is not None:
+            tick.cluster_at = {g: r.at for g, r in cluster.snapshot().items()}
+            tick.conflicts = cluster.conflicts()
+        with send_lock:
+            try:
+                conn.send(tick)
+            except (OSError, ValueError):
+                pass  # the parent is gone; the receive loop below ends the process
+
+    store.subscribe(send)
+    loop = DecisionLoop(Engine(config, live=True), build_source(config), store, clock, cluster, metrics)
+    holder["loop"] = loop
+    if cluster is not None:
+        cluster.start()
+    loop.start()
+    try:
+        while True:
+            try:
+                command, arg = conn.recv()
+            except (EOFError, OSError):
+                break
+            if command == "stop":
+                break
+            if command == "reload":
+                try:
+                    loop.reload(Engine(arg, live=True), build_source(arg))
+                    if cluster is not None:
+                        cluster.config = arg.model_copy(update={"kubernetes": cluster.config.kubernetes})
+                except Exception:
+                    log.exception("reload in the decision worker failed; the running config stays")
+    finally:
+        loop.stop()
+        loop.source.close()
+        if cluster is not None:
+            cluster.stop()
+
+
+class DecisionWorker:
+    """The serving process's side: starts the child, publishes what it sends, forwards reloads."""
+
+    def __init__(self, config: ScalerConfig, store: DecisionStore, clock) -> None:
+        from scaler.engine import Engine
+
+        self.config, self.store, self.clock = config, store, clock
+        ctx = mp.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self.proc = ctx.Process(target=_child, args=(config, child_conn, logging.getLogger().level),
+                                name="pdscaler-decisions", daemon=True)
+        self.tick: Tick | None = None
+        self.started_at = clock.now()
+        # Answer from the first moment, like the in-process loop: the floors, "no observation yet".
+        store.publish(Engine(config).decide_all(clock.now()))
+
+    def start(self) -> "DecisionWorker":
+        self.proc.start()
+        threading.Thread(target=self._receive, name="pdscaler-decisions-rx", daemon=True).start()
+        return self
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                tick = self._conn.recv()
+            except (EOFError, OSError):
+                return
+            known = {g: d for g, d in tick.decisions.items() if g in self.config.graphs}
+            self.tick = tick
+            self.store.publish(known)
+
+    def reload(self, config: ScalerConfig) -> None:
+        self.config = config
+        self._conn.send(("reload", config))
+
+    def healthy(self) -> tuple[bool, str]:
+        if not self.proc.is_alive() and self.proc.exitcode is not None:
+            return False, f"the decision worker exited (code {self.proc.exitcode}); answers keep the last decisions"
+        last = self.tick.at if self.tick is not None else self.started_at
+        age = self.clock.now() - last
+        if age > self.config.stuck_after:
+            return False, f"no decision-loop poll completed for {age:.0f}s (> stuck_after {self.config.stuck_after:.0f}s)"
+        return True, f"last poll {age:.0f}s ago"
+
+    # What the metrics collector reads (scaler/metrics.py): the latest observations and cluster facts.
+    def latest(self, graph: str) -> Observation | None:
+        return self.tick.observations.get(graph) if self.tick is not None else None
+
+    def snapshot(self) -> dict[str, Any]:
+        at = self.tick.cluster_at if self.tick is not None else {}
+        return {g: _At(t) for g, t in at.items()}
+
+    def conflicts(self) -> dict[str, tuple]:
+        return self.tick.conflicts if self.tick is not None else {}
+
+    def child_metrics(self) -> bytes:
+        return self.tick.metrics if self.tick is not None else b""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        try:
+            self._conn.send(("stop", None))
+        except (OSError, ValueError):
+            pass
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(2)
+
+
+@dataclass(frozen=True)
+class _At:
+    at: float
