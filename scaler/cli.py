@@ -72,7 +72,7 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
 
     from scaler.clock import SystemClock
     from scaler.engine import Engine
-    from scaler.metrics import ScalerMetrics
+    from scaler.metrics import AgeCollector, ScalerMetrics
     from scaler.server import SERVICE_NAME, start_server
     from scaler.sources import build_source
     from scaler.store import DecisionStore
@@ -91,8 +91,8 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     # The decision loop (metrics source, forecasts, cluster reads) runs in a child process, so that its
     # CPU work never holds this process's GIL while KEDA waits for an answer (scaler/worker.py).
     worker = DecisionWorker(config, store, clock)
-    metrics.extra = worker.child_metrics
-    collector = metrics.watch(config, store, lambda: worker, worker if config.kubernetes.enabled else None, clock.now)
+    metrics.extra = worker.child_metrics  # the decision series, rendered in the decision process
+    metrics.registry.register(AgeCollector(store, clock.now))
     server, bound = await start_server(config, store, port, host, tls, [metrics.interceptor()])
     graphs = list(config.graphs)  # shared with the HTTP port; updated in place on reload
     http = None
@@ -112,7 +112,6 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
         build_source(new).close()
         worker.reload(new)
         server.scaler.config = new
-        collector.config = new
         graphs[:] = list(new.graphs)
 
     reloader = None

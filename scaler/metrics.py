@@ -80,10 +80,11 @@ class ScalerMetrics:
                                           ["result"], registry=r)
 
     def watch(self, config: ScalerConfig, store: DecisionStore, engine: "Engine | None" = None,
-              cluster: "ClusterWatcher | None" = None, now: Callable[[], float] = time.time) -> "DecisionCollector":
+              cluster: "ClusterWatcher | None" = None, now: Callable[[], float] = time.time,
+              ages: bool = True) -> "DecisionCollector":
         """Export the latest decisions (and observations, cluster readings) at every scrape. `engine`
         may be a callable returning the current engine (it changes on config reloads)."""
-        collector = DecisionCollector(config, store, engine, cluster, now)
+        collector = DecisionCollector(config, store, engine, cluster, now, ages)
         self.registry.register(collector)
         return collector
 
@@ -128,9 +129,13 @@ class _GrpcMetrics(grpc.aio.ServerInterceptor):
 
 
 class DecisionCollector(Collector):
+    """The latest decisions as series. `ages=False` leaves the ages out: `pdscaler serve` renders this
+    in its decision process and the ages, which must be current at scrape time, in the serving one."""
+
     def __init__(self, config: ScalerConfig, store: DecisionStore, engine: "Engine | None",
-                 cluster: "ClusterWatcher | None", now: Callable[[], float]) -> None:
+                 cluster: "ClusterWatcher | None", now: Callable[[], float], ages: bool = True) -> None:
         self.config, self.store, self.engine, self.cluster, self.now = config, store, engine, cluster, now
+        self.ages = ages
 
     def describe(self) -> Iterable:
         return []  # names vary with the config; collected at scrape time
@@ -169,9 +174,8 @@ class DecisionCollector(Collector):
             if gcfg is None:
                 continue
             fam["decided"].add_metric([graph], d.at)
-            fam["age"].add_metric([graph], max(0.0, now - d.at))
-            if d.data_at is not None:
-                fam["data_age"].add_metric([graph], max(0.0, now - d.data_at))
+            if self.ages:
+                add_ages(fam["age"], fam["data_age"], graph, d, now)
             fam["notes"].add_metric([graph], len(d.notes))
             for role, rd in d.roles.items():
                 rcfg = gcfg.roles[role]
@@ -196,6 +200,8 @@ class DecisionCollector(Collector):
             for graph, found in self.cluster.conflicts().items():
                 for c in found:
                     fam["conflicts"].add_metric([graph, c.role, c.owner_kind, c.owner], 1)
+        if not self.ages:
+            del fam["age"], fam["data_age"]
         yield from fam.values()
 
     def _observed(self, graph: str, fam: dict) -> None:
@@ -234,6 +240,32 @@ class DecisionCollector(Collector):
                 v = float(kv[i])
                 if _finite(v):
                     family.add_metric([graph, "kv_tokens", f"{q:g}", f"{want:g}"], v)
+
+
+def add_ages(age: GaugeMetricFamily, data_age: GaugeMetricFamily, graph: str, d, now: float) -> None:
+    age.add_metric([graph], max(0.0, now - d.at))
+    if d.data_at is not None:
+        data_age.add_metric([graph], max(0.0, now - d.data_at))
+
+
+class AgeCollector(Collector):
+    """Decision and data age per graph at scrape time, from the serving process's store."""
+
+    def __init__(self, store: DecisionStore, now: Callable[[], float]) -> None:
+        self.store, self.now = store, now
+
+    def describe(self) -> Iterable:
+        return []
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        age = GaugeMetricFamily("pdscaler_decision_age_seconds", "age of the latest decision at scrape time", labels=["graph"])
+        data_age = GaugeMetricFamily("pdscaler_data_age_seconds", "age of the data the latest decision used (absent: none)",
+                                     labels=["graph"])
+        now = self.now()
+        for graph, d in self.store.all().items():
+            add_ages(age, data_age, graph, d, now)
+        yield age
+        yield data_age
 
 
 def _finite(v) -> bool:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from scaler.config import ScalerConfig
 from scaler.decision import Decision
-from scaler.observation import Observation
 from scaler.store import DecisionStore
 
 log = logging.getLogger("pdscaler.worker")
@@ -26,20 +25,13 @@ log = logging.getLogger("pdscaler.worker")
 
 @dataclass
 class Tick:
-    """What the child sends after each poll."""
+    """What the child sends after each poll: the decisions (without their forecast arrays, which only
+    the child's metrics use) and the child's metrics page (its loop instruments and the decision
+    series; the serving process adds the ages)."""
 
     at: float
     decisions: dict[str, Decision]
-    observations: dict[str, Observation]
-    cluster_at: dict[str, float] = field(default_factory=dict)
-    conflicts: dict[str, tuple] = field(default_factory=dict)
-    metrics: bytes = b""  # the child's own instruments, Prometheus text format
-
-
-def _plain(obs: Observation) -> Observation:
-    """An observation that pickles (sanitized ones hold read-only mapping proxies)."""
-    return Observation(graph=obs.graph, at=obs.at, signals=dict(obs.signals),
-                       roles={r: dict(v) for r, v in obs.roles.items()}, errors=tuple(obs.errors))
+    metrics: bytes = b""
 
 
 def _child(config: ScalerConfig, conn, log_level: int) -> None:  # pragma: no cover - runs in the child
@@ -69,12 +61,8 @@ def _child(config: ScalerConfig, conn, log_level: int) -> None:  # pragma: no co
         loop = holder.get("loop")
         if loop is None:
             return
-        engine = loop.engine
-        obs = {g: _plain(o) for g in engine.graphs if (o := engine.latest(g)) is not None}
-        tick = Tick(at=clock.now(), decisions=dict(store.all()), observations=obs, metrics=metrics.exposition())
-        if cluster is not None:
-            tick.cluster_at = {g: r.at for g, r in cluster.snapshot().items()}
-            tick.conflicts = cluster.conflicts()
+        decisions = {g: replace(d, forecast=None) for g, d in store.all().items()}
+        tick = Tick(at=clock.now(), decisions=decisions, metrics=metrics.exposition())
         with send_lock:
             try:
                 conn.send(tick)
@@ -83,6 +71,7 @@ def _child(config: ScalerConfig, conn, log_level: int) -> None:  # pragma: no co
 
     store.subscribe(send)
     loop = DecisionLoop(Engine(config, live=True), build_source(config), store, clock, cluster, metrics)
+    collector = metrics.watch(config, store, lambda: loop.engine, cluster, clock.now, ages=False)
     holder["loop"] = loop
     if cluster is not None:
         cluster.start()
@@ -98,6 +87,7 @@ def _child(config: ScalerConfig, conn, log_level: int) -> None:  # pragma: no co
             if command == "reload":
                 try:
                     loop.reload(Engine(arg, live=True), build_source(arg))
+                    collector.config = arg
                     if cluster is not None:
                         cluster.config = arg.model_copy(update={"kubernetes": cluster.config.kubernetes})
                 except Exception:
@@ -153,17 +143,6 @@ class DecisionWorker:
             return False, f"no decision-loop poll completed for {age:.0f}s (> stuck_after {self.config.stuck_after:.0f}s)"
         return True, f"last poll {age:.0f}s ago"
 
-    # What the metrics collector reads (scaler/metrics.py): the latest observations and cluster facts.
-    def latest(self, graph: str) -> Observation | None:
-        return self.tick.observations.get(graph) if self.tick is not None else None
-
-    def snapshot(self) -> dict[str, Any]:
-        at = self.tick.cluster_at if self.tick is not None else {}
-        return {g: _At(t) for g, t in at.items()}
-
-    def conflicts(self) -> dict[str, tuple]:
-        return self.tick.conflicts if self.tick is not None else {}
-
     def child_metrics(self) -> bytes:
         return self.tick.metrics if self.tick is not None else b""
 
@@ -176,8 +155,3 @@ class DecisionWorker:
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(2)
-
-
-@dataclass(frozen=True)
-class _At:
-    at: float
