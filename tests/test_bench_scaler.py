@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_scaler_tiny_run(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "load.bench_scaler", "--graphs", "5", "--clients", "5", "--duration", "5",
-           "--idle", "2", "--poll-interval", "2", "--scrape-every", "1", "--baseline-graphs", "0",
+           "--idle", "4", "--poll-interval", "2", "--scrape-every", "1", "--baseline-graphs", "0",
            "--no-forecast-baseline", "--json", str(out)]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
