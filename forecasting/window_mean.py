@@ -134,7 +134,8 @@ class ArMean:
         self._d = np.zeros(r)
         self._sxy = np.zeros(self.lmax)
         self._sxx = np.zeros(self.lmax)
-        self._beta = np.zeros(self.lmax)
+        self._beta_cache = np.zeros(self.lmax)
+        self._stale = False
         self._mean = 0.0
         self._dev = 0.0
         self.k: int | None = None
@@ -157,14 +158,7 @@ class ArMean:
         self._sxy += d * (y - self._m[slot])
         self._sxx *= keep
         self._sxx += d * d
-        if self.pool > 1.0:  # pool the sums over leads within a factor `pool` of each lead
-            cy = np.concatenate([[0.0], np.cumsum(self._sxy)])
-            cx = np.concatenate([[0.0], np.cumsum(self._sxx)])
-            sxy, sxx = cy[self._hi] - cy[self._lo], cx[self._hi] - cx[self._lo]
-        else:
-            sxy, sxx = self._sxy, self._sxx
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self._beta = np.clip(np.where(sxx > 0, sxy / sxx, 0.0), 0.0, 1.0)
+        self._stale = True  # the coefficients are computed when a forecast needs them
         self._win.observe(k, t, z)
         m = self._win.mean
         self._mean, self._dev = m, y - m
@@ -172,8 +166,26 @@ class ArMean:
         self._ko[s], self._m[s], self._d[s] = k, m, y - m
         self.k = k
 
+    def _coefficients(self) -> np.ndarray:
+        """beta per lead from the weighted sums (lazily: a warm start's history needs it only at the end)."""
+        if self._stale:
+            if self.pool > 1.0:  # pool the sums over leads within a factor `pool` of each lead
+                cy = np.concatenate([[0.0], np.cumsum(self._sxy)])
+                cx = np.concatenate([[0.0], np.cumsum(self._sxx)])
+                sxy, sxx = cy[self._hi] - cy[self._lo], cx[self._hi] - cx[self._lo]
+            else:
+                sxy, sxx = self._sxy, self._sxx
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self._beta_cache = np.clip(np.where(sxx > 0, sxy / sxx, 0.0), 0.0, 1.0)
+            self._stale = False
+        return self._beta_cache
+
+    @property
+    def _beta(self) -> np.ndarray:
+        return self._coefficients()
+
     def forecast(self, k: np.ndarray, t: np.ndarray) -> np.ndarray:
         if self.k is None:
             return np.zeros(len(k))
         lead = np.clip(np.asarray(k) - self.k, 1, self.lmax)
-        return np.log1p(np.maximum(self._mean + self._beta[lead - 1] * self._dev, 0.0))
+        return np.log1p(np.maximum(self._mean + self._coefficients()[lead - 1] * self._dev, 0.0))
