@@ -77,3 +77,8 @@ class ManualClock:
     async def asleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))
         await asyncio.sleep(0)
+
+
+def speed(clock: Clock) -> float:
+    """How many clock seconds pass per wall second (1 unless the clock is a VirtualClock)."""
+    return getattr(clock, "speedup", 1.0)

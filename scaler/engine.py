@@ -169,6 +169,7 @@ class Engine:
         values, kv = demand_values(clean, self.config.graphs[obs.graph])
         try:
             self._forecasters[obs.graph].observe(clean.at, values, kv)
+            self._forecast_errors.pop(obs.graph, None)
         except Exception as e:  # a broken model must not lose the observation: decisions go reactive
             self._forecast_errors[obs.graph] = f"forecast model failed to update ({_brief(e)})"
 
@@ -231,7 +232,6 @@ class Engine:
         if self.config.forecast.enabled:
             try:
                 forecast = self.forecast(now, graph, horizons)
-                self._forecast_errors.pop(graph, None)
             except Exception as e:  # size on observed demand alone; the reason says why
                 forecast_note = f"forecast failed ({_brief(e)}): sized on observed demand only"
             forecast_note = forecast_note or self._forecast_errors.get(graph)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from forecasting.demand import FORECAST_SERIES
-from scaler.clock import Clock
+from scaler.clock import Clock, speed
 from scaler.decision import Decision
 from scaler.engine import Engine
 from scaler.kube.replicas import with_replicas
@@ -191,7 +191,7 @@ class DecisionLoop:
         next_at = self.clock.now()
         while not self._stop.is_set():
             self.tick()
-            budget_end = time.monotonic() + 0.5 * self.interval / _speed(self.clock)
+            budget_end = time.monotonic() + 0.5 * self.interval / speed(self.clock)
             while not self._stop.is_set() and time.monotonic() < budget_end:
                 with self._lock:
                     if not self._pending_warm:
@@ -202,7 +202,7 @@ class DecisionLoop:
                 next_at = self.clock.now()  # fell behind (slow source, suspended): skip, do not burst
             # Wait in small slices so stop() is prompt with a long interval or a virtual clock.
             while not self._stop.is_set() and self.clock.now() < next_at:
-                self._stop.wait(min(0.05, max(0.001, (next_at - self.clock.now()) / _speed(self.clock))))
+                self._stop.wait(min(0.05, max(0.001, (next_at - self.clock.now()) / speed(self.clock))))
 
     def start(self) -> "DecisionLoop":
         self._thread = threading.Thread(target=self.run, name="pdscaler-decision-loop", daemon=True)
@@ -218,10 +218,6 @@ class DecisionLoop:
 def _generic(note: str) -> str:
     """A note without its numbers (ages, values change every poll; the problem does not)."""
     return "".join("#" if c.isdigit() else c for c in note)
-
-
-def _speed(clock: Clock) -> float:
-    return getattr(clock, "speedup", 1.0)
 
 
 def _changed(old: Decision | None, new: Decision) -> bool:

@@ -7,7 +7,6 @@ loaded by path for the unit tests.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import importlib.util
@@ -16,7 +15,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -29,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scaler.emulator.app import Emulator
 from scaler.traces import bundled_trace, load_trace
+from tests.conftest import BackgroundLoop
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="locust not installed")
 
@@ -49,20 +48,6 @@ schedules = _load_schedules()
 
 
 # --------------------------------------------------------------------------- servers on loopback
-
-
-class _Loop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 10):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 async def _broken_app() -> tuple[web.AppRunner, str]:
@@ -96,7 +81,7 @@ async def _broken_app() -> tuple[web.AppRunner, str]:
 def servers():
     """One emulator (4 prefill, 2 decode replicas so the bursty trace does not queue for long) and the
     broken server, on ephemeral loopback ports, for the whole module."""
-    bg = _Loop()
+    bg = BackgroundLoop()
     emu = Emulator(replicas={"prefill": 4, "decode": 2})
     bg.run(emu.start("127.0.0.1", 0))
     broken, broken_url = bg.run(_broken_app())

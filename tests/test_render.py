@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,7 +91,7 @@ def _without_adapter(service: str) -> dict:
     ({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}}, "expected a DynamoGraphDeployment"),
 ])
 def test_render_errors_say_what_to_change(dgd, message):
-    with pytest.raises(RenderError, match=message.replace("{", r"\{").replace("}", r"\}").replace("`", "`")):
+    with pytest.raises(RenderError, match=re.escape(message)):
         render(dgd)
 
 

@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import Any, Callable
 
-from scaler.clock import Clock
+from scaler.clock import Clock, speed
 from scaler.config import ScalerConfig
 from scaler.kube.api import KubeApi, KubeError
 from scaler.kube.ownership import Conflict, conflicts
@@ -161,7 +161,7 @@ class ClusterWatcher:
                 self.poll()
             except Exception:  # a bug here must not kill cluster reads for good
                 log.exception("cluster poll failed")
-            self._stop.wait(self.config.kubernetes.interval / getattr(self.clock, "speedup", 1.0))
+            self._stop.wait(self.config.kubernetes.interval / speed(self.clock))
 
     def start(self) -> "ClusterWatcher":
         self._thread = threading.Thread(target=self.run, name="pdscaler-cluster-reads", daemon=True)
