@@ -166,9 +166,9 @@ def _reloads(http_port: int) -> dict[str, float]:
 
 async def _run(workdir: Path) -> ChaosResult:
     from scaler.clock import SystemClock
-    from scaler.emulator.app import Emulator
-    from scaler.emulator.profile import EmulatorProfile
-    from scaler.traces import bundled_trace, load_trace, scale_rate
+    from scaler.testbench.emulator.app import Emulator
+    from scaler.testbench.emulator.profile import EmulatorProfile
+    from scaler.testbench.traces import bundled_trace, load_trace, scale_rate
 
     clock = SystemClock()
     emulator = Emulator(EmulatorProfile(startup_delay_s=15.0), clock=clock, graph=GRAPH, namespace=NAMESPACE)

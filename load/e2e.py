@@ -3,7 +3,7 @@
     python -m load.e2e [--out DIR] [--plot FILE]        (also: make e2e, which runs the test)
 
 What runs (all on 127.0.0.1, ephemeral ports, real time):
-- the emulated Dynamo graph (scaler/emulator; no GPUs here): OpenAI API, Dynamo's metric names,
+- the emulated Dynamo graph (scaler/testbench/emulator; no GPUs here): OpenAI API, Dynamo's metric names,
   scale subresources; replicas start in `STARTUP_S` instead of the published ~90 s so that the run
   fits in CI's time (the proportions of the policy are kept: the scaler is told the same start-up);
 - a real Prometheus server (Debian package `prometheus`) scraping the emulator and the scaler
@@ -11,7 +11,7 @@ What runs (all on 127.0.0.1, ephemeral ports, real time):
 - `pdscaler serve` as its own process, reading Prometheus (source kind prometheus) and exporting
   its own /metrics;
 - locust, headless, with the burst shape of load/shapes.py against the emulator's frontend;
-- the in-process KEDA + HPA emulation (scaler/keda.py, scaler/hpa.py) polling pdscaler over gRPC
+- the in-process KEDA + HPA emulation (scaler/testbench/keda.py, scaler/testbench/hpa.py) polling pdscaler over gRPC
   and applying the targets to the emulator's scale subresources, with the HPA behavior the shipped
   ScaledObjects carry (scaler/render.py).
 Afterwards every series comes back from Prometheus' HTTP API: the result holds them for the
@@ -183,10 +183,10 @@ def _locust(emulator_url: str, workdir: Path) -> subprocess.Popen:
 
 async def _run(workdir: Path, dashboard_queries) -> E2EResult:
     from scaler.clock import SystemClock
-    from scaler.emulator.app import Emulator
-    from scaler.emulator.profile import EmulatorProfile
-    from scaler.hpa import Behavior
-    from scaler.keda import ExternalScalerClient, HttpScaleTarget, ScaledObjectEmulator, ScaledObjectSpec
+    from scaler.testbench.emulator.app import Emulator
+    from scaler.testbench.emulator.profile import EmulatorProfile
+    from scaler.testbench.hpa import Behavior
+    from scaler.testbench.keda import ExternalScalerClient, HttpScaleTarget, ScaledObjectEmulator, ScaledObjectSpec
     from scaler.render import hpa_behavior
 
     clock = SystemClock()
@@ -256,7 +256,7 @@ async def _run(workdir: Path, dashboard_queries) -> E2EResult:
 
 
 async def _answers(client, port: int) -> dict[str, float]:
-    from scaler.keda import ScaledObjectRef
+    from scaler.testbench.keda import ScaledObjectRef
 
     out = {}
     for role in ("prefill", "decode", "warm"):
@@ -269,7 +269,7 @@ async def _answers(client, port: int) -> dict[str, float]:
 async def _second_scaler(workdir: Path, port_a: int, samples: int = 8) -> dict[str, list[tuple[float, float]]]:
     """Start a second `pdscaler serve` on the same config (it warm-starts from Prometheus' history),
     let it poll twice, then compare both scalers' answers once a second."""
-    from scaler.keda import ExternalScalerClient
+    from scaler.testbench.keda import ExternalScalerClient
 
     port_b, http_b = free_port(), free_port()
     proc = subprocess.Popen(

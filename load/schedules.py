@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from scaler.traces import BUNDLED_TRACES, TraceRequest, bundled_trace, load_rate_curve, load_trace, scale_rate
+from scaler.testbench.traces import BUNDLED_TRACES, TraceRequest, bundled_trace, load_rate_curve, load_trace, scale_rate
 
 __all__ = [
     "Arrival",
@@ -179,7 +179,7 @@ def servegen_rate(
 def build_trace(o: Any) -> Schedule:
     """Request r of the trace window [trace_start, trace_start + trace_duration) is due at
     (r.t - trace_start) / speedup; rate_scale copies/thins requests keeping the timing
-    (`scaler.traces.scale_rate`); max_requests truncates."""
+    (`scaler.testbench.traces.scale_rate`); max_requests truncates."""
     if not o.trace:
         raise ValueError("--shape trace needs --trace (a file, or azure-code / azure-conv)")
     if o.speedup <= 0:

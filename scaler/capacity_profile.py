@@ -21,9 +21,9 @@ Curves are interpolated linearly between points and held flat beyond the ends. W
 the roles' `prefill.tokens_per_s`, `decode.tokens_per_s` and `decode.kv_tokens` (flat curves; the
 Dynamo SLA-planner profile by default) are used.
 
-`profile_from_emulator` derives the profile of the emulated hardware (scaler/emulator/profile.py) at
-given SLOs; `scaler/data/profile.emulated.yaml` is that profile at the MLPerf interactive SLOs, and a
-test keeps the file equal to the derivation.
+`scaler/data/profile.emulated.yaml` is the profile of the emulated hardware at the MLPerf interactive
+SLOs (the default of the demo and the simulator); the test bench derives it
+(`scaler.testbench.emulator.profile.capacity_profile`) and a test keeps the file equal to the derivation.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from scaler.emulator.profile import EmulatorProfile
+from scaler.validation import format_validation_error
 
 
 class _Model(BaseModel):
@@ -106,8 +106,6 @@ class ProfileError(Exception):
 
 
 def load_profile(path: str | Path) -> CapacityProfile:
-    from scaler.config import format_validation_error
-
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -128,35 +126,6 @@ def flat_profile(prefill_tokens_per_s: float, decode_tokens_per_s: float, kv_tok
         prefill=PrefillProfile(gpus_per_replica=prefill_gpus, tokens_per_s=[IslPoint(isl=0, tokens_per_s=prefill_tokens_per_s)]),
         decode=DecodeProfile(gpus_per_replica=decode_gpus, kv_tokens=kv_tokens,
                              tokens_per_s=[ContextPoint(context=0, tokens_per_s=decode_tokens_per_s)]),
-    )
-
-
-# Lengths at which profile_from_emulator samples the curves.
-ISL_POINTS = (128, 512, 1024, 2048, 4096, 8192, 16384)
-CONTEXT_POINTS = (256, 1024, 2048, 3072, 4096, 8192, 16384, 32768)
-
-
-def profile_from_emulator(p: EmulatorProfile, ttft_target_s: float, itl_target_s: float) -> CapacityProfile:
-    """The emulated hardware's capacity at the SLOs.
-
-    Prefill: the emulator serves prefill at a fixed token rate, whatever the input length, so the
-    curve is flat (a real profile falls with ISL: attention is quadratic).
-    Decode: the largest batch b whose ITL meets the target, itl(b) = itl_base + itl_per_seq x b <=
-    target, also capped by max_num_seqs and by KV (b x context <= KV tokens); tokens/s = b / itl(b).
-    """
-    b_itl = int((itl_target_s - p.decode.itl_base_s) / p.decode.itl_per_seq_s) if p.decode.itl_per_seq_s else p.decode.max_num_seqs
-    if b_itl < 1:
-        raise ValueError(f"the ITL target {itl_target_s}s is below the emulated ITL of one sequence")
-    kv = float(p.kv_tokens_per_replica)
-    points = []
-    for ctx in CONTEXT_POINTS:
-        b = max(1, min(b_itl, p.decode.max_num_seqs, int(kv // ctx)))
-        points.append(ContextPoint(context=ctx, tokens_per_s=round(b / p.decode.itl(b), 1)))
-    return CapacityProfile(
-        prefill=PrefillProfile(gpus_per_replica=p.prefill.gpus_per_replica, ttft_target_s=ttft_target_s,
-                               tokens_per_s=[IslPoint(isl=i, tokens_per_s=p.prefill.tokens_per_s) for i in ISL_POINTS]),
-        decode=DecodeProfile(gpus_per_replica=p.decode.gpus_per_replica, itl_target_s=itl_target_s, kv_tokens=kv,
-                             tokens_per_s=points),
     )
 
 

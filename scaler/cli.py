@@ -1,4 +1,7 @@
-"""The `pdscaler` command line: serve, explain, config, emulate, demo, forecast-eval, backtest."""
+"""The `pdscaler` command line: serve, render, explain, config (the product's commands).
+
+The test bench's commands (emulate, demo, backtest, forecast-eval) plug in through the entry-point
+group `pdscaler.commands` (scaler/testbench/cli.py): the product names no module of the bench."""
 
 from __future__ import annotations
 
@@ -233,111 +236,6 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_emulate(args: argparse.Namespace) -> int:
-    from scaler.emulator.app import run
-
-    return run(
-        port=args.port,
-        host=args.host,
-        speedup=args.speedup,
-        trace=args.trace,
-        trace_format=args.format,
-        rate_scale=args.rate_scale,
-        graph=args.graph,
-        namespace=args.namespace,
-    )
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from scaler.demo import DemoOptions, run_demo
-
-    return run_demo(
-        DemoOptions(
-            duration=args.duration,
-            speedup=args.speedup,
-            grpc_port=args.grpc_port,
-            ui=not args.no_ui,
-            trace=args.trace,
-            rate_scale=args.rate_scale,
-            start=args.start,
-        )
-    )
-
-
-def _report(result, args: argparse.Namespace) -> int:
-    """Print a result's table; write its JSON (--json) and plot (--plot) when asked."""
-    import json
-
-    print(result.table())
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result.to_json(), f, indent=2, allow_nan=False)
-            f.write("\n")
-    if args.plot:
-        result.plot(args.plot)
-    return 0
-
-
-def cmd_forecast_eval(args: argparse.Namespace) -> int:
-    from forecasting.evaluation import evaluate, registry_specs
-    from forecasting.series import load_series
-    from scaler.config import parse_duration
-
-    try:
-        horizons = [parse_duration(h) for h in args.horizon.split(",") if h.strip()]
-        step = parse_duration(args.step) if args.step else None
-        warmup = parse_duration(args.warmup) if args.warmup else None
-        quantiles = [float(q) for q in args.quantiles.split(",") if q.strip()]
-        names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-        series = load_series(args.trace, args.format, args.series, args.signal, step)
-        specs = registry_specs(names)
-        progress = (lambda msg: print(f"pdscaler forecast-eval: {msg}", file=sys.stderr, flush=True)) if args.progress else None
-        ev = evaluate(series, specs, horizons, quantiles, args.max_origins, args.seed, warmup,
-                      signal=args.signal, trace=args.trace, progress=progress)
-    except (ValueError, OSError) as e:
-        print(f"pdscaler forecast-eval: {e}", file=sys.stderr)
-        return 2
-    return _report(ev, args)
-
-
-def cmd_backtest(args: argparse.Namespace) -> int:
-    from scaler.config import ConfigError
-    from scaler.config import parse_duration
-    from scaler.sim.backtest import progress_wanted, run_backtest
-    from scaler.sim.context import SimContext
-    from scaler.sim.nodes import NodeSettings
-    from scaler.sim.policies import DEFAULT_POLICIES
-    from scaler.sim.workload import load_workload
-
-    try:
-        policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else list(DEFAULT_POLICIES)
-        warm, cold = parse_duration(args.warm_start), parse_duration(args.cold_start)
-        if cold < warm:
-            raise ValueError(f"--cold-start ({cold:g}s) must be at least --warm-start ({warm:g}s)")
-        workload = load_workload(
-            args.trace, args.format, series=args.series, rate_scale=args.rate_scale, dt=args.dt, seed=args.seed,
-            isl=args.isl, osl=args.osl, interpolation=args.interpolation,
-            history_s=parse_duration(args.history) if args.history is not None else None,
-        ).sliced(parse_duration(args.start), parse_duration(args.duration) if args.duration else None)
-        nodes = NodeSettings(warm, cold - warm, parse_duration(args.scale_down_unneeded))
-        overrides = None
-        if args.config:
-            import yaml
-
-            from scaler.config import load_config
-
-            load_config(args.config)  # validated as a whole first: errors name the path and value
-            with open(args.config, encoding="utf-8") as f:
-                overrides = yaml.safe_load(f)
-        ctx = SimContext(workload, ttft_slo=args.slo_ttft, itl_slo=args.slo_itl, nodes=nodes,
-                         profile_path=args.profile, max_replicas=args.max_replicas, engine_overrides=overrides)
-        bt = run_backtest(args.trace, ctx, policies, progress=progress_wanted(args.no_progress))
-    except (ValueError, OSError, ConfigError) as e:
-        print(f"pdscaler backtest: {e}", file=sys.stderr)
-        return 2
-    return _report(bt, args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pdscaler", description="Predictive KEDA external scaler for disaggregated LLM serving")
     p.add_argument("--version", action="version", version=f"pdscaler {__version__}")
@@ -381,78 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("file")
     cc.set_defaults(func=cmd_config_check)
 
-    e = sub.add_parser("emulate", help="emulate a disaggregated serving graph (OpenAI API, Dynamo metrics, /scale)")
-    e.add_argument("--port", type=int, default=8000)
-    e.add_argument("--host", default="127.0.0.1")
-    e.add_argument("--speedup", type=float, default=1.0, help="virtual time runs this many times faster")
-    e.add_argument("--trace", help="replay a trace internally: a path, or azure-code / azure-conv")
-    e.add_argument("--format", choices=["azure", "mooncake"], help="trace format (default: detected)")
-    e.add_argument("--rate-scale", type=float, default=1.0, help="multiply the trace's arrival rate")
-    e.add_argument("--graph", default="demo", help="graph (DGD) name used in metric labels and adapters")
-    e.add_argument("--namespace", default="default")
-    e.set_defaults(func=cmd_emulate)
-
-    d = sub.add_parser("demo", help="replay a real trace against the emulator with pdscaler and KEDA/HPA emulation")
-    d.add_argument("--duration", type=float, default=None, help="wall seconds to run (default: the whole trace)")
-    d.add_argument("--speedup", type=float, default=30.0, help="virtual seconds per wall second (default 30)")
-    d.add_argument("--grpc-port", type=int, default=0, help="keep the scaler's gRPC server on this port (default: ephemeral)")
-    d.add_argument("--no-ui", action="store_true", help="plain log lines instead of the live terminal view")
-    d.add_argument("--trace", default="azure-code", help="azure-code (default), azure-conv, or a trace path")
-    d.add_argument("--rate-scale", type=float, default=10.0, help="multiply the trace's arrival rate (default 10)")
-    d.add_argument("--start", type=float, default=0.0, help="start this many trace seconds in")
-    d.set_defaults(func=cmd_demo)
-
-    fe = sub.add_parser("forecast-eval", help="rolling-origin evaluation of the forecasting models on a trace")
-    fe.add_argument("--trace", required=True, help="per-request trace (Azure CSV, Mooncake JSONL) or ServeGen rate CSV")
-    fe.add_argument("--format", choices=["azure", "mooncake", "rates"], help="trace format (default: detected)")
-    fe.add_argument("--series", help="category_model of a rate curve (e.g. language/m-large)")
-    fe.add_argument("--signal", default="request_rate",
-                    choices=["request_rate", "prefill_tokens_per_s", "decode_tokens_per_s"],
-                    help="what to forecast (rate curves: request_rate only)")
-    fe.add_argument("--horizon", required=True, help="lead time(s), comma-separated: 2m,5m,10m,1h")
-    fe.add_argument("--step", help="bin width of a per-request trace (default 30s); rate curves: their resolution")
-    fe.add_argument("--models", help="comma-separated registry names (default: all)")
-    fe.add_argument("--quantiles", default="0.5,0.9", help="quantiles scored by pinball loss (default 0.5,0.9)")
-    fe.add_argument("--max-origins", type=int, help="score an evenly spaced subsample of N origins (same for all models)")
-    fe.add_argument("--seed", type=int, default=0)
-    fe.add_argument("--warmup", help="fit on this much history (default: 25%% of the series, >= 3 days if it spans >= 6)")
-    fe.add_argument("--json", help="write the metrics as JSON to this file")
-    fe.add_argument("--plot", help="write a PNG: actual vs the selected model's forecast and the best baseline")
-    fe.add_argument("--progress", action="store_true", help="log each model's progress to stderr")
-    fe.set_defaults(func=cmd_forecast_eval)
-
-    bt = sub.add_parser("backtest", help="replay a trace through the fluid model under several scaling policies")
-    bt.add_argument("--trace", required=True, help="per-request trace (Azure CSV, Mooncake JSONL), ServeGen rate CSV, "
-                    "or azure-code / azure-conv")
-    bt.add_argument("--format", choices=["azure", "mooncake", "rates"], help="trace format (default: detected)")
-    bt.add_argument("--series", help="category_model of a rate curve (e.g. language/m-large)")
-    bt.add_argument("--rate-scale", type=float, default=1.0, help="multiply the arrival rate (default 1)")
-    bt.add_argument("--policies", help="comma-separated (default oracle,static-peak,static-mean,reactive-ttft,planner,"
-                    "pdscaler; also planner-prophet)")
-    bt.add_argument("--profile", help="capacity profile file handed to pdscaler's config")
-    bt.add_argument("--config", help="a pdscaler config: its forecast section and first graph's settings and "
-                    "roles (matched by kind) apply to the pdscaler policy")
-    bt.add_argument("--slo-ttft", type=float, default=0.5, help="TTFT SLO, seconds (default 0.5)")
-    bt.add_argument("--slo-itl", type=float, default=0.03, help="ITL SLO, seconds (default 0.03)")
-    bt.add_argument("--duration", help="simulate this long (e.g. 2h, 3d; default: the whole trace)")
-    bt.add_argument("--start", default="0", help="skip this much of the simulated span (default 0)")
-    bt.add_argument("--history", help="trace kept as history before the simulation (default: 1 day if the trace "
-                    "spans 2 days or more, else 0)")
-    bt.add_argument("--dt", type=float, default=1.0, help="simulation step, seconds (default 1)")
-    bt.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals of rate curves")
-    bt.add_argument("--isl", type=float, help="mean input length (rate curves: default per series)")
-    bt.add_argument("--osl", type=float, help="mean output length (rate curves: default per series)")
-    bt.add_argument("--interpolation", choices=["linear", "step"], default="linear",
-                    help="rate curves: between 10-minute points (default linear)")
-    bt.add_argument("--warm-start", default="90s", help="replica start-up on a provisioned GPU (default 90s)")
-    bt.add_argument("--cold-start", default="300s", help="replica start-up when a node must be provisioned (default 300s)")
-    bt.add_argument("--scale-down-unneeded", default="600s", help="idle GPU node kept this long (default 600s)")
-    bt.add_argument("--max-replicas", type=int, default=1000, help="per-role ceiling of the adaptive policies")
-    bt.add_argument("--json", help="write the results as JSON to this file")
-    bt.add_argument("--plot", help="write a PNG: demand, replicas per role per policy, SLO breaches")
-    bt.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a TTY)")
-    bt.set_defaults(func=cmd_backtest)
+    _plug_in(sub)
     return p
+
+
+def _plug_in(sub) -> None:
+    """Subcommands registered by installed packages (`pdscaler.commands` entry points: `register(sub)`)."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="pdscaler.commands"), key=lambda ep: ep.name):
+        ep.load()(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from scaler.capacity_profile import CapacityProfile  # noqa: E402  (no import cycle: it imports config lazily)
+from scaler.capacity_profile import CapacityProfile
+from scaler.validation import format_validation_error
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -450,18 +451,6 @@ def parse_config(text: str, source: str = "<config>") -> ScalerConfig:
         return ScalerConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{source}: invalid config\n{format_validation_error(e)}") from e
-
-
-def format_validation_error(e: ValidationError) -> str:
-    lines = []
-    for err in e.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        given = err.get("input")
-        shown = repr(given)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        lines.append(f"  {where}: {err['msg']} (given: {shown})")
-    return "\n".join(lines)
 
 
 def example_config_text() -> str:

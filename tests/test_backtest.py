@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from scaler.cli import main
-from scaler.sim.actuation import HpaActuator, ScaledObject
-from scaler.sim.backtest import run_backtest
-from scaler.sim.context import SimContext
-from scaler.sim.replay import replay
-from scaler.sim.workload import synthetic
+from scaler.testbench.sim.actuation import HpaActuator, ScaledObject
+from scaler.testbench.sim.backtest import run_backtest
+from scaler.testbench.sim.context import SimContext
+from scaler.testbench.sim.replay import replay
+from scaler.testbench.sim.workload import synthetic
 
 ISL, OSL = 2000, 100
 
@@ -109,7 +109,7 @@ def test_cli_rejects_an_unknown_policy(capsys):
 
 
 def test_config_overrides_reach_the_engine_and_bad_configs_name_the_field(tmp_path, capsys):
-    from scaler.sim.engine_config import GRAPH, merge_overrides
+    from scaler.testbench.sim.engine_config import GRAPH, merge_overrides
 
     user = {"forecast": {"quantile": 0.5}, "source": {"kind": "scrape", "targets": {}},
             "graphs": {"mine": {"gpu_budget": 12, "roles": {

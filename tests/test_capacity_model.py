@@ -7,10 +7,11 @@ import pytest
 import yaml
 
 from scaler.capacity import DecodeDemand, PrefillDemand, decode_need, prefill_need
-from scaler.capacity_profile import ProfileError, load_profile, profile_from_emulator
+from scaler.capacity_profile import ProfileError, load_profile
+from scaler.testbench.emulator.profile import capacity_profile
 from scaler.config import DecodeCapacity, PrefillCapacity
 from scaler.correction import CapacityCorrection
-from scaler.emulator.profile import EmulatorProfile
+from scaler.testbench.emulator.profile import EmulatorProfile
 from scaler.startup import StartupTracker
 
 PROFILE = """
@@ -54,7 +55,7 @@ def test_profile_errors_name_the_field(tmp_path):
 
 def test_shipped_emulated_profile_is_the_derivation():
     shipped = yaml.safe_load(resources.files("scaler").joinpath("data/profile.emulated.yaml").read_text())
-    derived = profile_from_emulator(EmulatorProfile(), ttft_target_s=0.5, itl_target_s=0.03)
+    derived = capacity_profile(EmulatorProfile(), ttft_target_s=0.5, itl_target_s=0.03)
     assert shipped == derived.model_dump(mode="json")
     # KV binds at long contexts: throughput falls once max_num_seqs x context exceeds the KV cache.
     assert derived.decode.throughput(32768) < derived.decode.throughput(1024) / 3

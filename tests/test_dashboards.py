@@ -42,9 +42,9 @@ def _scaler_series() -> dict[str, set[str]]:
 
 
 def _emulator_series() -> dict[str, set[str]]:
-    from scaler.emulator.metrics import EmulatorMetrics
-    from scaler.emulator.model import GraphSim
-    from scaler.emulator.profile import EmulatorProfile
+    from scaler.testbench.emulator.metrics import EmulatorMetrics
+    from scaler.testbench.emulator.model import GraphSim
+    from scaler.testbench.emulator.profile import EmulatorProfile
 
     em = EmulatorMetrics(GraphSim(EmulatorProfile(), 0.0, {"prefill": 1, "decode": 1}))
     out: dict[str, set[str]] = {}

@@ -1,4 +1,4 @@
-"""The HTTP emulator (scaler.emulator.app): a real aiohttp server on an ephemeral port, real requests."""
+"""The HTTP emulator (scaler.testbench.emulator.app): a real aiohttp server on an ephemeral port, real requests."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from scaler.clock import ManualClock, VirtualClock
-from scaler.emulator.app import Emulator
-from scaler.emulator.profile import EmulatorProfile
-from scaler.traces import bundled_trace, load_trace
+from scaler.testbench.emulator.app import Emulator
+from scaler.testbench.emulator.profile import EmulatorProfile
+from scaler.testbench.traces import bundled_trace, load_trace
 
 SCALE = "/apis/nvidia.com/v1alpha1/namespaces/default/dynamographdeploymentscalingadapters"
 CHAT = "/v1/chat/completions"
@@ -348,7 +348,7 @@ def test_replay_with_a_manual_clock_only_submits_what_is_due():
 
 
 def test_run_entry_point_serves_and_stops_on_sigterm():
-    code = ("import sys; from scaler.emulator.app import run; "
+    code = ("import sys; from scaler.testbench.emulator.app import run; "
             "sys.exit(run(0, speedup=50, trace='azure-code', rate_scale=2))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -371,6 +371,6 @@ def test_run_entry_point_serves_and_stops_on_sigterm():
 
 
 def test_run_rejects_a_missing_trace(tmp_path):
-    from scaler.emulator.app import run
+    from scaler.testbench.emulator.app import run
 
     assert run(0, trace=str(tmp_path / "missing.csv")) == 2

@@ -1,4 +1,4 @@
-"""The pure prefill/decode simulation (scaler.emulator.model), driven with explicit times."""
+"""The pure prefill/decode simulation (scaler.testbench.emulator.model), driven with explicit times."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from scaler.emulator.model import GraphSim
-from scaler.emulator.profile import DecodeProfile, EmulatorProfile, PrefillProfile
-from scaler.traces import bundled_trace, load_trace, scale_rate
+from scaler.testbench.emulator.model import GraphSim
+from scaler.testbench.emulator.profile import DecodeProfile, EmulatorProfile, PrefillProfile
+from scaler.testbench.traces import bundled_trace, load_trace, scale_rate
 
 PROFILE = EmulatorProfile()
 PREFILL_S = 4000 / PROFILE.prefill.tokens_per_s  # 0.1 s for a 4000-token prompt

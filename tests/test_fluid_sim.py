@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scaler.emulator.profile import EmulatorProfile
-from scaler.sim.fluid import FluidGraph
+from scaler.testbench.emulator.profile import EmulatorProfile
+from scaler.testbench.sim.fluid import FluidGraph
 
 
 @settings(max_examples=40, deadline=None)

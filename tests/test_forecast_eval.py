@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from forecasting.base import Forecast
-from forecasting.evaluation import (
+from forecasting.evaluation.rolling_origin import (
     ModelSpec,
     coverage,
     effective_steps,
@@ -21,9 +21,9 @@ from forecasting.evaluation import (
     select_origins,
     warmup_points,
 )
-from forecasting.series import Series, bin_requests, load_series, series_from_rate_curve
+from forecasting.evaluation.series import Series, bin_requests, load_series, series_from_rate_curve
 from scaler.cli import main
-from scaler.traces import TraceRequest, bundled_trace
+from scaler.testbench.traces import TraceRequest, bundled_trace
 
 # ------------------------------------------------------------------------------------------------
 # Tiny models of our own (the protocol tests must not depend on the registry's models)
@@ -223,7 +223,7 @@ def test_oracle_scores_zero_so_targets_are_aligned_and_a_broken_model_is_reporte
 
 def test_seasonal_model_ranks_above_the_last_value_baseline_on_a_daily_series():
     registry = pytest.importorskip("forecasting.registry")
-    from forecasting.evaluation import registry_specs
+    from forecasting.evaluation.rolling_origin import registry_specs
 
     s = daily_series(days=8, step_s=600)
     ev = evaluate(s, registry_specs(["seasonal-naive", "planner-constant"]), [3600, 3 * 3600])
@@ -274,7 +274,7 @@ def test_cli_on_the_bundled_azure_code_trace_writes_json_and_png(tmp_path, capsy
 
 
 def test_cli_several_horizons_and_errors(tmp_path, capsys, monkeypatch):
-    import forecasting.evaluation as evaluation
+    import forecasting.evaluation.rolling_origin as evaluation
 
     monkeypatch.setattr(evaluation, "registry_specs", lambda names: [
         spec("ours", LastValue, selected=True), spec("base", LastValue, baseline=True)])

@@ -1,4 +1,4 @@
-"""scaler.hpa against the Kubernetes HPA's math (replica_calculator.go, horizontal.go, defaults.go)."""
+"""scaler.testbench.hpa against the Kubernetes HPA's math (replica_calculator.go, horizontal.go, defaults.go)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scaler.hpa import (
+from scaler.testbench.hpa import (
     Behavior,
     HorizontalPodAutoscaler,
     ScalingPolicy,

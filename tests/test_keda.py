@@ -1,4 +1,4 @@
-"""scaler.keda against a real grpc.aio external scaler and a real HTTP /scale subresource."""
+"""scaler.testbench.keda against a real grpc.aio external scaler and a real HTTP /scale subresource."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 from scaler.clock import ManualClock
-from scaler.hpa import Behavior
-from scaler.keda import (
+from scaler.testbench.hpa import Behavior
+from scaler.testbench.keda import (
     ActivityResult,
     ExternalScalerClient,
     ExternalScalerError,

@@ -25,8 +25,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from scaler.emulator.app import Emulator
-from scaler.traces import bundled_trace, load_trace
+from scaler.testbench.emulator.app import Emulator
+from scaler.testbench.traces import bundled_trace, load_trace
 from tests.conftest import BackgroundLoop
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="locust not installed")

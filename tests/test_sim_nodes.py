@@ -2,9 +2,9 @@
 
 import pytest
 
-from scaler.emulator.profile import EmulatorProfile
-from scaler.sim.fluid import FluidGraph
-from scaler.sim.nodes import GpuNodes, NodeSettings
+from scaler.testbench.emulator.profile import EmulatorProfile
+from scaler.testbench.sim.fluid import FluidGraph
+from scaler.testbench.sim.nodes import GpuNodes, NodeSettings
 
 S = NodeSettings(warm_start_s=90, node_provision_s=210, scale_down_unneeded_s=600)
 

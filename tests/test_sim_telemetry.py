@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from scaler.config import ScalerConfig
-from scaler.emulator.profile import EmulatorProfile
+from scaler.testbench.emulator.profile import EmulatorProfile
 from scaler.observation import Observation, sanitize
-from scaler.sim.context import SimContext
-from scaler.sim.engine_config import engine_config
-from scaler.sim.fluid import FluidGraph
-from scaler.sim.policies.pdscaler import GRAPH_SIGNALS, ROLE_SIGNALS
-from scaler.sim.telemetry import Telemetry, weighted_quantile
-from scaler.sim.workload import synthetic
+from scaler.testbench.sim.context import SimContext
+from scaler.testbench.sim.engine_config import engine_config
+from scaler.testbench.sim.fluid import FluidGraph
+from scaler.testbench.sim.policies.pdscaler import GRAPH_SIGNALS, ROLE_SIGNALS
+from scaler.testbench.sim.telemetry import Telemetry, weighted_quantile
+from scaler.testbench.sim.workload import synthetic
 
 
 def _run(rate, isl, osl, prefill, decode, seconds):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from scaler.sim.workload import load_workload
-from scaler.traces import bundled_trace, load_trace
+from scaler.testbench.sim.workload import load_workload
+from scaler.testbench.traces import bundled_trace, load_trace
 
 
 def test_per_request_trace_is_binned_per_second_and_scaled():

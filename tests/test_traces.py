@@ -1,4 +1,4 @@
-"""Trace loading and rate scaling (scaler.traces)."""
+"""Trace loading and rate scaling (scaler.testbench.traces)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaler.traces import (
+from scaler.testbench.traces import (
     BUNDLED_TRACES,
     TraceRequest,
     bundled_trace,

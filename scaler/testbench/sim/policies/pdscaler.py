@@ -1,0 +1,79 @@
+"""`pdscaler`: the real decision core (scaler.engine.Engine) driven through its embedding API.
+
+Every poll interval (15 s) it observes what the server would read from Prometheus (the telemetry
+window over the source's rate window, 60 s: the signals of scaler/signals.py) and decides; KEDA +
+the HPA (target 1, no stabilisation or rate limits: the engine owns those; 10 % tolerance) apply
+the per-role targets at each HPA sync. A `warm` role in the decision is the number of balloon pods.
+
+Warm start: when the workload has history (the first day of a multi-day curve) and the Engine has
+`warm_start`, the forecasters are fitted on it at 60 s resolution, as the server does from
+Prometheus range queries at start-up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from scaler.testbench.sim.engine_config import GRAPH, engine_config
+from scaler.testbench.sim.policies.base import Policy
+
+RATE_WINDOW_S = 60.0
+WARM_START_STEP_S = 60.0
+GRAPH_SIGNALS = ("request_rate", "isl_mean", "osl_mean", "prefill_tokens_per_s", "decode_tokens_per_s",
+                 "ttft_p99", "itl_p99", "itl_mean", "queued_requests", "kv_block_size")
+ROLE_SIGNALS = {
+    "prefill": {"prefill_queued_tokens": "prefill_queued_tokens", "ready_workers": "ready_prefill"},
+    "decode": {"kv_active_blocks": "kv_active_blocks", "kv_total_blocks": "kv_total_blocks",
+               "kv_usage": "kv_usage", "ready_workers": "ready_decode"},
+}
+
+
+class Pdscaler(Policy):
+    name = "pdscaler"
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        from scaler.config import ScalerConfig
+        from scaler.engine import Engine
+
+        self.config_dict = engine_config(ctx)
+        self.engine = Engine(ScalerConfig.model_validate(self.config_dict))
+        self.interval_s = float(self.engine.config.poll_interval)
+        self.calls = 0
+        self.seconds = 0.0
+        self.rules: Counter[str] = Counter()
+        self.warm_started: list[str] = []
+        history = ctx.workload.history(WARM_START_STEP_S)
+        if history and hasattr(self.engine, "warm_start"):
+            t0 = time.perf_counter()
+            self.warm_started = list(self.engine.warm_start(GRAPH, history) or [])
+            self.warm_start_s = time.perf_counter() - t0
+
+    def step(self, now, i, telemetry, cluster) -> dict[str, float]:
+        from scaler.observation import Observation
+
+        w = telemetry.window(RATE_WINDOW_S)
+        if not w:
+            return {}
+        signals = {k: w[k] for k in GRAPH_SIGNALS if k in w}
+        roles = {role: {sig: w[col] for sig, col in cols.items() if col in w} for role, cols in ROLE_SIGNALS.items()}
+        t0 = time.perf_counter()
+        self.engine.observe(Observation(graph=GRAPH, at=now, signals=signals, roles=roles))
+        decision = self.engine.decide(now=now, graph=GRAPH)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        for role, reason in decision.reasons.items():
+            self.rules[f"{role}:{reason.rule}"] += 1
+        return {role: float(n) for role, n in decision.replicas.items()}
+
+    def stats(self) -> dict:
+        out = {
+            "engine_calls": self.calls,
+            "engine_ms_per_call": 1000 * self.seconds / self.calls if self.calls else 0.0,
+            "decision_rules": dict(self.rules.most_common()),
+            "warm_started_series": self.warm_started,
+        }
+        if hasattr(self, "warm_start_s"):
+            out["warm_start_s"] = self.warm_start_s
+        return out
