@@ -29,7 +29,6 @@ Comparisons keep Go's strictness (``time.After``/``time.Before``), so window edg
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Literal, Mapping, Sequence
@@ -184,28 +183,25 @@ class Behavior:
         return {"scaleUp": self.scale_up.to_dict(), "scaleDown": self.scale_down.to_dict()}
 
 
-_QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:[eE]([+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?$")
-_SUFFIX = {
-    None: Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
-    "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
-    "P": Decimal("1e15"), "E": Decimal("1e18"), "Ki": Decimal(2**10), "Mi": Decimal(2**20),
-    "Gi": Decimal(2**30), "Ti": Decimal(2**40), "Pi": Decimal(2**50), "Ei": Decimal(2**60),
-}  # fmt: skip
-
-
 def parse_quantity(q: str | float | int) -> float:
     """A Kubernetes ``resource.Quantity`` (``"0.05"``, ``"50m"``, ``"1e-1"``, ``"2Ki"``) as a float
-    (``Quantity.AsApproximateFloat64``)."""
+    (``Quantity.AsApproximateFloat64``), parsed by ``kubernetes.utils.parse_quantity`` (exact,
+    a Decimal). Numbers pass through; booleans, ``"NaN"`` and ``"Infinity"`` are not quantities."""
+    # Imported here: the kubernetes package takes ~0.25 s to import and only a behavior's
+    # tolerance needs it.
+    from kubernetes.utils import parse_quantity as k8s_parse_quantity
+
     if isinstance(q, bool):
         raise ValueError(f"not a quantity: {q!r}")
     if isinstance(q, (int, float)):
         return float(q)
-    m = _QUANTITY.match(str(q).strip())
-    if not m:
+    try:
+        value = float(k8s_parse_quantity(str(q).strip()))
+    except ValueError as e:
+        raise ValueError(f"not a Kubernetes quantity: {q!r}") from e
+    if not math.isfinite(value):  # Decimal reads "NaN" and "Infinity"; a Quantity does not
         raise ValueError(f"not a Kubernetes quantity: {q!r}")
-    number, exponent, suffix = m.groups()
-    scale = Decimal(10) ** int(exponent) if exponent is not None else _SUFFIX[suffix]
-    return float(Decimal(number) * scale)
+    return value
 
 
 # --------------------------------------------------------------------------- metric math
