@@ -109,19 +109,20 @@ def test_cli_rejects_an_unknown_policy(capsys):
 
 
 def test_config_overrides_reach_the_engine_and_bad_configs_name_the_field(tmp_path, capsys):
+    from scaler.config import RoleConfig, ScalerConfig, Slo
     from scaler.testbench.sim.engine_config import GRAPH, merge_overrides
 
     user = {"forecast": {"quantile": 0.5}, "source": {"kind": "scrape", "targets": {}},
             "graphs": {"mine": {"gpu_budget": 12, "roles": {
-                "p": {"kind": "prefill", "stabilisation": {"scale_down": "2m"}}, "w": {"kind": "warm", "max_replicas": 0}}}}}
-    generated = {"poll_interval": 15, "graphs": {GRAPH: {"slo": {"ttft_s": 0.5}, "roles": {
-        "prefill": {"kind": "prefill", "max_replicas": 50}, "decode": {"kind": "decode"}, "warm": {"kind": "warm"}}}}}
+                "p": {"kind": "prefill", "stabilisation": {"scale_down": "2m"}}, "w": {"kind": "warm", "max_replicas": 3}}}}}
+    generated = ScalerConfig.model_validate({"poll_interval": 15, "graphs": {GRAPH: {"slo": {"ttft_s": 0.5}, "roles": {
+        "prefill": {"kind": "prefill", "max_replicas": 50}, "decode": {"kind": "decode"}, "warm": {"kind": "warm"}}}}})
     merged = merge_overrides(generated, user)
-    g = merged["graphs"][GRAPH]
-    assert merged["forecast"] == {"quantile": 0.5} and "source" not in merged
-    assert g["gpu_budget"] == 12 and g["slo"] == {"ttft_s": 0.5}
-    assert g["roles"]["prefill"] == {"kind": "prefill", "max_replicas": 50, "stabilisation": {"scale_down": "2m"}}
-    assert g["roles"]["warm"]["max_replicas"] == 0 and g["roles"]["decode"] == {"kind": "decode"}
+    g = merged.graphs[GRAPH]
+    assert merged.forecast.quantile == 0.5 and merged.source == generated.source  # the simulator is the source
+    assert g.gpu_budget == 12 and g.slo == Slo(ttft_s=0.5)
+    assert g.roles["prefill"] == RoleConfig(kind="prefill", max_replicas=50, stabilisation={"scale_down": "2m"})
+    assert g.roles["warm"].max_replicas == 3 and g.roles["decode"] == generated.graphs[GRAPH].roles["decode"]
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("graphs:\n  g:\n    roles:\n      p: {kind: prefill, max_replicas: -3}\n")

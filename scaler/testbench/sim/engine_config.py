@@ -4,55 +4,79 @@ A graph `sim` with roles prefill and decode (min 1, max `ctx.max_replicas`) and 
 (balloon pods keeping GPU nodes provisioned, min 0), everything else at pdscaler's defaults; the
 graph's `slo` are the backtest's SLOs, `profile` the `--profile` file, and each role's `startup`
 the simulated cluster's start-up delays, as an operator would configure them for their cluster.
-`--config FILE` merges a user's config over it (`merge_overrides`).
+`--config FILE` applies a user's config over it (`merge_overrides`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from scaler.config import GraphConfig, RoleConfig, ScalerConfig, Slo, Startup
 from scaler.testbench.sim.context import SimContext
 
 GRAPH = "sim"
 
+M = TypeVar("M", bound=BaseModel)
 
-def engine_config(ctx: SimContext, poll_interval: float = 15.0) -> dict[str, Any]:
+
+def engine_config(ctx: SimContext, poll_interval: float = 15.0) -> ScalerConfig:
     m = ctx.max_replicas
-    startup = {"warm": ctx.nodes.warm_start_s, "cold": ctx.nodes.cold_start_s}
-    roles: dict[str, Any] = {
-        "prefill": {"kind": "prefill", "min_replicas": 1, "max_replicas": m, "startup": dict(startup)},
-        "decode": {"kind": "decode", "min_replicas": 1, "max_replicas": m, "startup": dict(startup)},
-        "warm": {"kind": "warm", "min_replicas": 0, "max_replicas": m},
+    startup = Startup(warm=ctx.nodes.warm_start_s, cold=ctx.nodes.cold_start_s)
+    roles = {
+        "prefill": RoleConfig(kind="prefill", min_replicas=1, max_replicas=m, startup=startup),
+        "decode": RoleConfig(kind="decode", min_replicas=1, max_replicas=m, startup=startup),
+        "warm": RoleConfig(kind="warm", min_replicas=0, max_replicas=m),
     }
-    graph: dict[str, Any] = {"roles": roles, "slo": {"ttft_s": ctx.ttft_slo, "itl_s": ctx.itl_slo}}
-    if ctx.profile_path:
-        graph["profile"] = ctx.profile_path
-    out = {"poll_interval": poll_interval, "stale_after": 90, "graphs": {GRAPH: graph}}
+    graph = GraphConfig(roles=roles, slo=Slo(ttft_s=ctx.ttft_slo, itl_s=ctx.itl_slo), profile=ctx.profile_path)
+    out = ScalerConfig(poll_interval=poll_interval, stale_after=90, graphs={GRAPH: graph})
     return merge_overrides(out, ctx.engine_overrides) if ctx.engine_overrides else out
 
 
-def merge_overrides(generated: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+def merge_overrides(generated: ScalerConfig, user: ScalerConfig | Mapping[str, Any]) -> ScalerConfig:
     """`pdscaler backtest --config FILE`: the user's `forecast` section and their first graph's
-    settings (mode, SLOs, budget, ratio, each role's policy...) deep-merged over the generated config,
-    so a config can be backtested as it would run. The source section is ignored (the simulator is
-    the source); the user's roles are matched by kind (their first prefill, decode and warm roles)."""
-    out = _deep_merge(generated, {k: v for k, v in user.items() if k in ("forecast", "stale_after")})
-    graphs = user.get("graphs") or {}
-    if not graphs:
-        return out
-    ugraph = dict(next(iter(graphs.values())))
-    uroles = ugraph.pop("roles", {}) or {}
-    sim = out["graphs"][GRAPH]
-    sim.update(_deep_merge({k: v for k, v in sim.items() if k != "roles"}, ugraph))
+    settings (mode, SLOs, budget, ratio, each role's policy...) applied over the generated config,
+    so a config can be backtested as it would run. Only the fields the user wrote count, section by
+    section (`_updated`). The source section is ignored (the simulator is the source); the user's
+    roles are matched by kind (their first prefill, decode and warm roles)."""
+    if not isinstance(user, ScalerConfig):
+        user = ScalerConfig.model_validate(user)
+    out = _updated(generated, user, (), only=("forecast", "stale_after"))
+    ugraph = next(iter(user.graphs.values()))
+    where = ("graphs", GRAPH)
+    sim = _updated(out.graphs[GRAPH], ugraph, where, skip=("roles",))
+    roles = dict(sim.roles)
     for kind in ("prefill", "decode", "warm"):
-        mine = next((r for r in uroles.values() if r.get("kind") == kind), None)
-        if mine is not None and kind in sim["roles"]:
-            sim["roles"][kind] = _deep_merge(sim["roles"][kind], mine)
-    return out
+        mine = next((r for r in ugraph.roles.values() if r.kind == kind), None)
+        if mine is not None and kind in roles:
+            roles[kind] = _updated(roles[kind], mine, (*where, "roles", kind))
+    sim = _revalidated(sim, {"roles": roles}, where)
+    return _revalidated(out, {"graphs": {**out.graphs, GRAPH: sim}}, ())
 
 
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def _updated(
+    base: M, user: BaseModel, loc: tuple[str, ...], only: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()
+) -> M:
+    """`base` with the fields set in `user` (those its YAML gave), recursively: a section the user
+    wrote in part (`stabilisation: {scale_down: 2m}`) changes only those fields of `base`'s.
+    `loc` is where `base` sits in the ScalerConfig, for error messages."""
+    changes: dict[str, Any] = {}
+    for name in user.model_fields_set:
+        if name in skip or (only is not None and name not in only):
+            continue
+        mine, theirs = getattr(base, name), getattr(user, name)
+        both_models = isinstance(mine, BaseModel) and type(mine) is type(theirs)
+        changes[name] = _updated(mine, theirs, (*loc, name)) if both_models else theirs
+    return _revalidated(base, changes, loc) if changes else base
+
+
+def _revalidated(model: M, changes: Mapping[str, Any], loc: tuple[str, ...]) -> M:
+    """`model.model_copy(update=changes)`, but validated: the model's own checks (min <= max
+    replicas, the forecast quantile among the quantiles...) hold for the combination too. An error
+    names the field from the top of the ScalerConfig, as validating the whole config would."""
+    try:
+        return type(model).model_validate({**dict(model), **changes})
+    except ValidationError as e:
+        errors = [{**err, "loc": (*loc, *err["loc"])} for err in e.errors()]
+        raise ValidationError.from_exception_data(ScalerConfig.__name__, errors) from None  # type: ignore[arg-type]

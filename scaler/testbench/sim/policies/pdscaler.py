@@ -34,11 +34,10 @@ class Pdscaler(Policy):
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
-        from scaler.config import ScalerConfig
         from scaler.engine import Engine
 
-        self.config_dict = engine_config(ctx)
-        self.engine = Engine(ScalerConfig.model_validate(self.config_dict))
+        self.config = engine_config(ctx)
+        self.engine = Engine(self.config)
         self.interval_s = float(self.engine.config.poll_interval)
         self.calls = 0
         self.seconds = 0.0
