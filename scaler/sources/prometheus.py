@@ -18,7 +18,7 @@ import math
 from datetime import datetime, timezone
 
 import numpy as np
-
+import requests
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
@@ -81,9 +81,16 @@ class PrometheusSource:
         self.config = config
         self.src = config.source
         self.names = metric_names(self.src.metric_names)
+        # The source's own HTTP session: the client's instant and range queries and the batched POSTs
+        # share its connections; close() closes it. TLS is verified (requests' default CA bundle or
+        # REQUESTS_CA_BUNDLE); no auth, no extra headers.
+        self.session = requests.Session()
         # One quick retry for a dropped connection; no backoff: the next poll is the real retry.
+        # PrometheusConnect mounts it on the session for the URL (an HTTPAdapter with max_retries).
         retry = Retry(total=1, connect=1, read=0, status=0, backoff_factor=0)
-        self.prom = PrometheusConnect(url=self.src.url, disable_ssl=False, timeout=self.src.timeout, retry=retry)
+        self.prom = PrometheusConnect(
+            url=self.src.url, disable_ssl=False, timeout=self.src.timeout, retry=retry, session=self.session
+        )
 
     def queries(self, graph: str) -> dict[tuple[str | None, Signal], str]:
         """(role or None, signal) -> PromQL, for one graph."""
@@ -130,8 +137,8 @@ class PrometheusSource:
         return batches, singles
 
     def _post(self, promql: str, now: float) -> list[dict]:
-        r = self.prom._session.post(f"{self.prom.url}/api/v1/query", data={"query": promql, "time": f"{now:.3f}"},
-                                    timeout=self.src.timeout, headers=self.prom.headers)
+        r = self.session.post(f"{self.src.url}/api/v1/query", data={"query": promql, "time": f"{now:.3f}"},
+                              timeout=self.src.timeout)
         if r.status_code != 200:
             raise ValueError(f"HTTP {r.status_code}: {r.text[:200]}")
         body = r.json()
@@ -259,7 +266,7 @@ class PrometheusSource:
         return out
 
     def close(self) -> None:
-        self.prom._session.close()
+        self.session.close()
 
 
 def _regex_escape(value: str) -> str:
@@ -274,6 +281,4 @@ def _short(e: Exception) -> str:
 
 
 def _unreachable(e: Exception) -> bool:
-    import requests
-
     return isinstance(e, (requests.ConnectionError, requests.Timeout))
