@@ -96,7 +96,7 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     worker = DecisionWorker(config, store, clock)
     metrics.extra = worker.child_metrics  # the decision series, rendered in the decision process
     metrics.registry.register(AgeCollector(store, clock.now))
-    server, bound = await start_server(config, store, port, host, tls, [metrics.interceptor()])
+    server = await start_server(config, store, port, host, tls, [metrics.interceptor()])
     graphs = list(config.graphs)  # shared with the HTTP port; updated in place on reload
     http = None
     if http_port is not None and http_port >= 0:
@@ -106,7 +106,7 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
                                             health=worker.healthy)
         print(f"pdscaler {__version__}: explain and metrics on http://{host}:{http_bound}/explain, /metrics", flush=True)
     worker.start()
-    print(f"pdscaler {__version__}: KEDA external scaler on {host}:{bound} for graphs {', '.join(config.graphs)}", flush=True)
+    print(f"pdscaler {__version__}: KEDA external scaler on {host}:{server.port} for graphs {', '.join(config.graphs)}", flush=True)
 
     def apply(new) -> None:
         if new.kubernetes != worker.config.kubernetes:

@@ -197,16 +197,36 @@ class TlsFiles:
                                            require_client_auth=ca is not None)
 
 
+@dataclass(frozen=True)
+class RunningServer:
+    """A started gRPC server and its parts: the external-scaler servicer (its `config` is replaced on
+    a config reload), the health servicer (turned NOT_SERVING when the decision loop is stuck) and
+    the bound port."""
+
+    server: grpc.aio.Server
+    scaler: ExternalScaler
+    health: health.aio.HealthServicer
+    port: int
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving; in-flight RPCs get `grace` seconds (None: cancelled at once)."""
+        await self.server.stop(grace)
+
+    def __iter__(self):
+        """`server, port = await start_server(...)`, the former return value, for callers not yet
+        moved to the attributes (tests/conftest.py's grpc_server)."""
+        return iter((self.server, self.port))
+
+
 async def start_server(
     config: ScalerConfig, store: DecisionStore, port: int, host: str = "[::]", tls: TlsFiles | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-) -> tuple[grpc.aio.Server, int]:
-    """Start the gRPC server (external scaler + health) and return it with the bound port."""
+) -> RunningServer:
+    """Start the gRPC server (external scaler + health) and return it with its servicers and bound port."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors))
     scaler = ExternalScaler(config, store)
     pb_grpc.add_ExternalScalerServicer_to_server(scaler, server)
     health_servicer = health.aio.HealthServicer()
-    server.scaler, server.health = scaler, health_servicer  # for config reloads and health changes
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
@@ -217,4 +237,4 @@ async def start_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("gRPC external scaler listening on %s:%d (%s)", host, bound,
              "mTLS" if tls and tls.client_ca else "TLS" if tls else "plaintext")
-    return server, bound
+    return RunningServer(server, scaler, health_servicer, bound)

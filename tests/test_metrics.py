@@ -102,10 +102,10 @@ def test_source_failure_is_counted_and_held_roles_are_flagged(running):
 def test_grpc_requests_and_http_metrics_page(running):
     config, clock, engine, store, metrics, source, loop = running
     bg = BackgroundLoop()
-    server, port = bg.run(start_server(config, store, 0, "127.0.0.1", None, [metrics.interceptor()]))
+    server = bg.run(start_server(config, store, 0, "127.0.0.1", None, [metrics.interceptor()]))
     runner, http_port = bg.run(start_http(store, list(config.graphs), "127.0.0.1", 0, metrics))
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
             stub = pb_grpc.ExternalScalerStub(ch)
             ref = pb.ScaledObjectRef(name="so", namespace="ns", scalerMetadata={"graph": "g1", "role": "decode"})
             for _ in range(3):

@@ -56,8 +56,8 @@ def _serve(tls: TlsFiles):
 
     store.publish(Engine(config).decide_all(0))
     bg = BackgroundLoop()
-    server, port = bg.run(start_server(config, store, 0, "127.0.0.1", tls))
-    return bg, server, port
+    server = bg.run(start_server(config, store, 0, "127.0.0.1", tls))
+    return bg, server, server.port
 
 
 def _ask(port: int, creds: grpc.ChannelCredentials) -> float:

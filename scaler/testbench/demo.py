@@ -109,7 +109,8 @@ async def _demo(opts: DemoOptions) -> int:
     config = demo_config(f"{emulator.url}/metrics", opts.max_replicas)
     store, engine = DecisionStore(), Engine(config)
     loop = DecisionLoop(engine, ScrapeSource(config), store, clock)
-    server, port = await start_server(config, store, opts.grpc_port, "127.0.0.1")
+    server = await start_server(config, store, opts.grpc_port, "127.0.0.1")
+    port = server.port
     loop.start()
     client = ExternalScalerClient(f"127.0.0.1:{port}")
     controllers = {
