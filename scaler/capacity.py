@@ -16,10 +16,14 @@ The result is fractional; the policy layer rounds it up and bounds it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from scaler.capacity_profile import DecodeProfile, PrefillProfile
 from scaler.config import DecodeCapacity, PrefillCapacity
+
+if TYPE_CHECKING:
+    from scaler.config import GraphConfig
+    from scaler.observation import Observation
 
 
 @dataclass(frozen=True)
@@ -128,3 +132,22 @@ def kv_tokens_in_use(graph: Mapping[str, float], role: Mapping[str, float], kv_t
     if "kv_usage" in role and "ready_workers" in role:
         return role["kv_usage"] * role["ready_workers"] * kv_tokens
     return None
+
+
+def demand_values(obs: "Observation", gcfg: "GraphConfig") -> tuple[dict[str, float], float | None]:
+    """The forecast inputs in an observation: the demand series (token rates from rate(ISL_sum) or
+    else rate x mean ISL), the means the derivations use, and the KV tokens in use on decode roles."""
+    sig = obs.signals
+    values = {k: sig[k] for k in ("request_rate", "isl_mean", "osl_mean", "itl_mean") if k in sig}
+    for name, mean in (("prefill_tokens_per_s", "isl_mean"), ("decode_tokens_per_s", "osl_mean")):
+        if name in sig:
+            values[name] = sig[name]
+        elif "request_rate" in sig and (sig["request_rate"] == 0 or mean in sig):
+            values[name] = 0.0 if sig["request_rate"] == 0 else sig["request_rate"] * sig[mean]
+    kv = None
+    block = sig.get("kv_block_size")
+    for role, rcfg in gcfg.roles.items():
+        blocks = obs.roles.get(role, {}).get("kv_active_blocks")
+        if rcfg.kind == "decode" and blocks is not None and block is not None:
+            kv = (kv or 0.0) + blocks * block
+    return values, kv

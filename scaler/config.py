@@ -8,6 +8,7 @@ of the offending field and the value that was given.
 from __future__ import annotations
 
 import re
+from datetime import time
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -96,14 +97,38 @@ class Startup(_Model):
     learn: bool = Field(True, description="learn the warm start-up time from observed rollouts")
 
 
+_HHMM = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+
+
+def _time_of_day(value: object) -> object:
+    """A time of day from "HH:MM" (00:00-23:59); `time` values pass through."""
+    if isinstance(value, str):
+        m = _HHMM.match(value)
+        if not m or int(m.group(1)) == 24:
+            raise ValueError(f"invalid time of day {value!r}: use HH:MM, 00:00 to 23:59")
+        return time(int(m.group(1)), int(m.group(2)))
+    return value
+
+
+def _end_of_window(value: object) -> object:
+    """A window's end: "HH:MM", or "24:00" for midnight at the end of the day (23:59:59)."""
+    if isinstance(value, str) and value == "24:00":
+        return time(23, 59, 59)
+    if isinstance(value, str) and value.startswith("24:"):
+        raise ValueError(f"invalid end {value!r}: 24:00 is the last")
+    return _time_of_day(value)
+
+
 class ScheduleEntry(_Model):
     """A floor in force on some weekdays between two times of day (in the graph's time zone)."""
 
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
         default_factory=lambda: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
     )
-    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM")
-    end: str = Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$", description="HH:MM; before start = runs past midnight")
+    start: Annotated[time, BeforeValidator(_time_of_day)] = Field(description="HH:MM")
+    end: Annotated[time, BeforeValidator(_end_of_window)] = Field(
+        description="HH:MM, 24:00 = midnight; before start = runs past midnight (exclusive)"
+    )
     min_replicas: int = Field(ge=0)
 
 
@@ -260,6 +285,19 @@ class GraphConfig(_Model):
 
     def dgd_name(self, graph: str) -> str:
         return self.dgd or graph
+
+    def capacity_profile(self) -> CapacityProfile:
+        """The graph's capacity profile: inline, loaded from its file, or flat from the roles' figures."""
+        from scaler.capacity_profile import flat_profile, load_profile
+
+        if isinstance(self.profile, CapacityProfile):
+            return self.profile
+        if isinstance(self.profile, str):
+            return load_profile(self.profile)
+        pre = next((rc for rc in self.roles.values() if rc.kind == "prefill"), None) or RoleConfig(kind="prefill")
+        dec = next((rc for rc in self.roles.values() if rc.kind == "decode"), None) or RoleConfig(kind="decode")
+        return flat_profile(pre.prefill.tokens_per_s, dec.decode.tokens_per_s, dec.decode.kv_tokens,
+                            pre.gpus_per_replica, dec.gpus_per_replica)
 
     @field_validator("roles")
     @classmethod

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Mapping
 if TYPE_CHECKING:
     from forecasting.demand import DemandForecast
 
+    from scaler.policy.rule import Rule
+
 
 @dataclass(frozen=True)
 class Reason:
-    rule: str  # the rule that bound the target, e.g. "capacity", "min_replicas", "stale-data"
+    rule: "Rule"  # the rule that bound the target (scaler/policy/rule.py), e.g. capacity, min-replicas, stale-data
     message: str  # one line for a person
     inputs: Mapping[str, float] = field(default_factory=dict)  # signal values used
     figures: Mapping[str, float] = field(default_factory=dict)  # demand, capacity per replica, raw need

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from scaler.config import ScalerConfig
 from scaler.store import DecisionStore
+from scaler.policy.rule import Rule
 
 if TYPE_CHECKING:
     from scaler.engine import Engine
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 # Forecast horizons exported (seconds; the nearest point of the engine's grid): 1, 5 and 10 minutes.
 FORECAST_HORIZONS = (60.0, 300.0, 600.0)
-HELD_RULES = ("no-data", "stale-data", "missing-data")
 # Decision figures worth a time series (the rest are in explain).
 FIGURES = ("reactive_replicas", "predictive_replicas", "forecast_cap_replicas", "lead_time_s",
            "tokens_per_s_per_replica", "usable_tokens_per_s_per_replica", "usable_kv_tokens_per_replica",
@@ -186,7 +186,7 @@ class DecisionCollector(Collector):
                 fam["min"].add_metric([graph, role], rcfg.min_replicas)
                 fam["max"].add_metric([graph, role], rcfg.max_replicas)
                 fam["rule"].add_metric([graph, role, rd.reason.rule], 1)
-                fam["held"].add_metric([graph, role], 1 if rd.reason.rule in HELD_RULES else 0)
+                fam["held"].add_metric([graph, role], 1 if Rule(rd.reason.rule).held else 0)
                 for k in FIGURES:
                     v = rd.reason.figures.get(k)
                     if _finite(v):

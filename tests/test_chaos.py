@@ -8,12 +8,13 @@ import shutil
 import pytest
 
 from load import chaos
+from scaler.policy.rule import HELD as HELD_RULES
 
 pytestmark = [pytest.mark.skipif(shutil.which("prometheus") is None,
                                  reason="needs the prometheus binary (make test installs it)"),
               pytest.mark.timeout(900)]
 DATA_FAULTS = ("prometheus-down", "prometheus-slow", "prometheus-killed", "metrics-gone")
-HELD = {"missing-data", "stale-data", "no-data"}
+HELD = {str(r) for r in HELD_RULES}
 
 
 @pytest.fixture(scope="module")

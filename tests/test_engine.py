@@ -7,6 +7,7 @@ import math
 import pytest
 
 from scaler.engine import Engine, UnknownGraph
+from scaler.policy.rule import Rule
 from scaler.observation import Observation
 from tests.conftest import make_config, reactive_config
 
@@ -65,10 +66,10 @@ def test_bounds_name_the_rule(config):
     e.observe(obs(0, rate=0.0))
     d = e.decide(1)
     assert d.replicas == {"prefill": 1, "decode": 2}
-    assert d.reasons["decode"].rule == "min_replicas"
+    assert d.reasons["decode"].rule == Rule.MIN_REPLICAS
     e.observe(obs(2, rate=10_000))
     d = e.decide(3)
-    assert d.replicas["prefill"] == 10 and d.reasons["prefill"].rule == "max_replicas"
+    assert d.replicas["prefill"] == 10 and d.reasons["prefill"].rule == Rule.MAX_REPLICAS
 
 
 def test_no_data_answers_the_floor_with_reason(config):
@@ -107,7 +108,7 @@ def test_zero_traffic_without_isl_scales_to_floor(config):
     e.observe(Observation(graph="g1", at=2, signals={"request_rate": 0.0}, roles={}))
     d = e.decide(3)
     assert d.replicas["prefill"] == 1
-    assert d.reasons["prefill"].rule == "min_replicas"
+    assert d.reasons["prefill"].rule == Rule.MIN_REPLICAS
 
 
 def test_older_observation_is_ignored(config):

@@ -174,7 +174,7 @@ def test_explain_lists_the_steps_in_order():
     e = Engine(config(roles, forecast={"enabled": False}))
     d, _ = feed(e, [100.0])
     steps = d.roles["prefill"].steps
-    assert steps[0].startswith("capacity: 7") and steps[-1].startswith("max_replicas: 7 -> 3")
+    assert steps[0].startswith("capacity: 7") and steps[-1].startswith("max-replicas: 7 -> 3")
 
 
 @pytest.mark.parametrize("bad, where", [

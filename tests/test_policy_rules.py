@@ -90,7 +90,11 @@ def test_scheduled_floor_by_weekday_time_and_zone():
     from datetime import datetime, time
     from zoneinfo import ZoneInfo
 
-    from scaler.policy.warm_pool import ScheduledFloor, scheduled_floor
+    from scaler.config import ScheduleEntry
+    from scaler.policy.floors import scheduled_floor
+
+    def ScheduledFloor(days, start, end, n):
+        return ScheduleEntry(days=list(days), start=start, end=end, min_replicas=n)
 
     day = ScheduledFloor(("mon", "tue", "wed", "thu", "fri"), time(8), time(20), 4)
     night = ScheduledFloor(("fri",), time(22), time(2), 6)  # Friday 22:00 to Saturday 02:00
@@ -107,13 +111,11 @@ def test_scheduled_floor_by_weekday_time_and_zone():
     assert scheduled_floor(at(2026, 11, 23, 8, 30), [day], "UTC")[0] == 0
 
 
-def test_lead_time_floor_and_which_floor_binds():
-    from scaler.policy.warm_pool import floor, lead_time_floor
+def test_lead_time_floor():
+    from scaler.policy.floors import lead_time_floor
 
     assert lead_time_floor([1.2, 3.0, 2.5]) == 3
     assert lead_time_floor([]) == 0
-    assert floor(1, 4, 3) == (4, "scheduled floor")
-    assert floor(2, 0, 5) == (5, "lead-time floor")
 
 
 def test_safety_net_breaches_and_step():

@@ -20,7 +20,7 @@ missing values, late observations, gaps long enough to go stale), and every deci
 
 The Stabiliser (scaler/policy/stabilisation.py) is tested directly against the HPA's semantics, and
 the pure policy functions (bounds, step_limit, ratio, budget, missing_data, cascade, safety_net,
-warm_pool) get their own properties.
+floors) get their own properties.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from scaler.config import ScalerConfig
 from scaler.engine import Engine
 from scaler.observation import Observation
 from scaler.policy.bounds import bound
+from scaler.policy.rule import Rule
 from scaler.policy.budget import fit_budget
 from scaler.policy.cascade import hold_while_starting
 from scaler.policy.missing_data import hold, staleness
@@ -43,7 +44,8 @@ from scaler.policy.ratio import keep_ratio
 from scaler.policy.safety_net import emergency_target
 from scaler.policy.stabilisation import Stabiliser
 from scaler.policy.step_limit import limit_step
-from scaler.policy.warm_pool import WEEKDAYS, ScheduledFloor, lead_time_floor, scheduled_floor
+from scaler.config import ScheduleEntry
+from scaler.policy.floors import WEEKDAYS, lead_time_floor, scheduled_floor
 
 # No explain phase: its line tracing makes each engine run many times slower while shrinking.
 NO_EXPLAIN = [p for p in Phase if p is not Phase.explain]
@@ -428,7 +430,7 @@ def test_bound(n, lo, span):
     v, which = bound(n, lo, hi)
     assert lo <= v <= hi
     assert (which is None) == (v == n)
-    assert which == ("min_replicas" if n < lo else "max_replicas" if n > hi else None)
+    assert which == (Rule.MIN_REPLICAS if n < lo else Rule.MAX_REPLICAS if n > hi else None)
     assert bound(v, lo, hi) == (v, None)  # idempotent
 
 
@@ -535,8 +537,9 @@ def test_lead_time_floor_covers_every_need(needs):
 
 @PURE
 @given(now=st.integers(1_700_000_000, 1_800_000_000).map(float),
-       entries=st.lists(st.builds(ScheduledFloor,
-                                  st.lists(st.sampled_from(WEEKDAYS), min_size=1, unique=True).map(tuple),
+       entries=st.lists(st.builds(lambda days, start, end, n: ScheduleEntry(days=days, start=start, end=end,
+                                                                             min_replicas=n),
+                                  st.lists(st.sampled_from(WEEKDAYS), min_size=1, unique=True),
                                   st.times(), st.times(), st.integers(0, 10)), max_size=4),
        tz=st.sampled_from(["UTC", "Europe/Paris", "Pacific/Auckland"]))
 def test_scheduled_floor_is_the_highest_active_entry(now, entries, tz):

@@ -8,6 +8,13 @@ proportionally), never below its floor; the result never exceeds the budget unle
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+from scaler.policy.context import Target
+from scaler.policy.rule import Rule
+
+if TYPE_CHECKING:
+    from scaler.config import GraphConfig
 
 
 def fit_budget(targets: dict[str, int], gpus: dict[str, int], floors: dict[str, int], budget: int | None
@@ -32,3 +39,19 @@ def fit_budget(targets: dict[str, int], gpus: dict[str, int], floors: dict[str, 
             out[r] += 1
             left -= gpus[r]
     return out, f"GPU budget {budget}: targets needed {used} GPUs, scaled down proportionally"
+
+
+def apply_budget(graph: "GraphConfig", targets: dict[str, Target]) -> None:
+    """The serving roles within the graph's GPU budget. Floors are min_replicas, and a held role's
+    floor is the target it holds: the budget trims the live roles, never a role held for want of data."""
+    if graph.gpu_budget is None:
+        return
+    roles = graph.roles
+    serving = {r: t for r, t in targets.items() if t.kind != "warm"}
+    fitted, note = fit_budget({r: t.value for r, t in serving.items()},
+                              {r: roles[r].gpus_per_replica for r in serving},
+                              {r: t.value if t.held else roles[r].min_replicas for r, t in serving.items()},
+                              graph.gpu_budget)
+    if note:
+        for r, t in serving.items():
+            t.bind(fitted[r], Rule.GPU_BUDGET, note)

@@ -7,8 +7,24 @@ target may not rise above the replicas already asked for (the reactive safety ne
 
 from __future__ import annotations
 
+from scaler.policy.context import RoleContext, Target
+from scaler.policy.rule import Rule
+
 
 def hold_while_starting(target: int, desired: int | None, ready: int | None) -> tuple[int, str | None]:
     if desired is None or ready is None or ready >= desired or target <= desired:
         return target, None
     return desired, f"{desired - ready} replicas still starting: holding at {desired} until they are ready"
+
+
+class NoCascade:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def apply(self, ctx: RoleContext, t: Target) -> None:
+        if not self.enabled or t.emergency:
+            return
+        ready = ctx.ready
+        v, note = hold_while_starting(t.value, ctx.current, int(ready) if ready is not None else None)
+        if note:
+            t.bind(v, Rule.NO_CASCADE, note)

@@ -1,6 +1,21 @@
-"""Never scale down on missing or stale data: hold the last target (or the floor if there is none)."""
+"""Never scale down on missing or stale data: hold the last target (or the floor if there is none).
+
+Three causes, three rule names: no observation yet (`no-data`), the last one too old (`stale-data`),
+or the inputs a role's capacity rule needs absent from it (`missing-data`, naming them). A held
+target is marked so: no later rule lowers it, and the warm role holds while a serving role does
+(its placeholders cover forecasts the held role does not have).
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scaler.policy.context import Target
+from scaler.policy.rule import Rule
+
+if TYPE_CHECKING:
+    from scaler.config import RoleConfig
+    from scaler.observation import Observation
 
 
 def hold(previous: int | None, min_replicas: int, max_replicas: int) -> int:
@@ -17,3 +32,20 @@ def staleness(now: float, data_at: float | None, stale_after: float) -> str | No
     if age > stale_after:
         return f"last observation is {age:.0f}s old (stale after {stale_after:.0f}s)"
     return None
+
+
+def untrusted(now: float, obs: "Observation | None", stale_after: float) -> tuple[Rule, str] | None:
+    """The rule and the reason when the graph's observation cannot be trusted at `now`."""
+    why = staleness(now, obs.at if obs else None, stale_after)
+    if why is None:
+        return None
+    return (Rule.NO_DATA if obs is None else Rule.STALE_DATA), why
+
+
+def held(role: str, config: "RoleConfig", previous: int | None, rule: Rule, why: str) -> Target:
+    """The target of a role held for want of data: `previous` (the floor when there is none)."""
+    n = hold(previous, config.min_replicas, config.max_replicas)
+    what = f"holding {n}" + (" (the floor)" if previous is None else " (never scale down on missing data)")
+    t = Target(role, config.kind, n, rule, f"{why}; {what}", held=True)
+    t.note(rule, t.message)
+    return t

@@ -7,6 +7,13 @@ Raising (never lowering) keeps the SLO side safe; the GPU budget may trim afterw
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+from scaler.policy.context import Target
+from scaler.policy.rule import Rule
+
+if TYPE_CHECKING:
+    from scaler.config import GraphConfig
 
 
 def keep_ratio(prefill: int, decode: int, min_ratio: float | None, max_ratio: float | None
@@ -18,3 +25,18 @@ def keep_ratio(prefill: int, decode: int, min_ratio: float | None, max_ratio: fl
         d = math.ceil(prefill / max_ratio - 1e-9)
         return prefill, d, f"decode raised to {d} to keep prefill:decode <= {max_ratio:g}"
     return prefill, decode, None
+
+
+def apply_ratio(graph: "GraphConfig", targets: dict[str, Target]) -> None:
+    """The ratio between the graph's one prefill and one decode role, when bounded (roles held for
+    want of data are left as they are)."""
+    ratio = graph.prefill_decode_ratio
+    live = {r: t for r, t in targets.items() if not t.held}
+    pre = [t for t in live.values() if t.kind == "prefill"]
+    dec = [t for t in live.values() if t.kind == "decode"]
+    if len(pre) == 1 and len(dec) == 1 and (ratio.min or ratio.max):
+        p, d = pre[0], dec[0]
+        np_, nd, note = keep_ratio(p.value, d.value, ratio.min, ratio.max)
+        if note:
+            p.bind(np_, Rule.RATIO, note)
+            d.bind(nd, Rule.RATIO, note)

@@ -12,14 +12,23 @@ after a burst compounded x1.5 per poll up to max_replicas):
   prompts or a stale window, and more replicas would not fix it. Queue and KV-usage breaches always
   count;
 - the step is taken from the replicas READY, not from the target: while earlier emergency replicas
-  are still starting, a breach that persists asks for no more than ready x (1 + step_ratio).
+  are still starting, a breach that persists asks for no more than ready x (1 + step_ratio);
+- one step at a time: the next only once the last one's replicas had time to start and to serve a
+  latency window (the warm start-up time plus `cooldown`; the p99 lingers for a window after the
+  backlog drains). When the last step was taken is this rule's state, one per role.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+from scaler.policy.context import RoleContext, Target, load_of
+from scaler.policy.rule import Rule
+
+if TYPE_CHECKING:
+    from scaler.config import GraphConfig, SafetyNet as SafetyNetConfig
 
 
 @dataclass(frozen=True)
@@ -59,3 +68,40 @@ def emergency_target(current: int, step_ratio: float) -> int:
     """The target the safety net asks for: `current` (the ready replicas) plus max(1, ceil(current x
     step_ratio))."""
     return current + max(1, math.ceil(current * step_ratio))
+
+
+class SafetyNet:
+    def __init__(self, config: "SafetyNetConfig", graph: "GraphConfig") -> None:
+        self.config = config
+        self.limits = Limits(
+            queued_requests=config.queued_requests,
+            ttft_p99_s=config.ttft_p99_s or graph.slo.ttft_s,
+            kv_usage=config.kv_usage,
+            itl_p99_s=config.itl_p99_s or graph.slo.itl_s,
+        )
+        self.stepped_at: float | None = None  # when the last emergency step was taken
+
+    def apply(self, ctx: RoleContext, t: Target) -> None:
+        if not self.config.enabled:
+            return
+        net = self.config
+        total = t.figures.get("demand_tokens_per_s", t.figures.get("decode_tokens_per_s"))
+        ready = ctx.ready
+        loaded = load_of(total, t.figures.get("tokens_per_s_per_replica"), ready)
+        breached = breaches(ctx.kind, self.limits, ctx.signals, ctx.role_signals,
+                            loaded=loaded is None or loaded >= net.min_load)
+        if not breached:
+            return
+        base = int(ready) if ready is not None else ctx.current
+        wait = ctx.warm_s + net.cooldown
+        now = ctx.now
+        if self.stepped_at is not None and now - self.stepped_at < wait:
+            t.note(Rule.SAFETY_NET, f"{', '.join(breached)}, but the last emergency step "
+                                    f"({now - self.stepped_at:.0f}s ago) is still starting or settling ({wait:.0f}s)")
+            return
+        want = emergency_target(base, net.step_ratio)
+        if want > t.value:
+            t.bind(want, Rule.SAFETY_NET, "observed " + ", ".join(breached) + f": scale up at once from {base} ready")
+        if want > ctx.current:
+            t.emergency = True
+            self.stepped_at = now

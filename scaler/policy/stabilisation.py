@@ -9,6 +9,13 @@ for the scale-down window. Time is passed in; the history is the caller's (one p
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
+
+from scaler.policy.context import RoleContext, Target
+from scaler.policy.rule import Rule
+
+if TYPE_CHECKING:
+    from scaler.config import Stabilisation as StabilisationConfig
 
 
 class Stabiliser:
@@ -30,3 +37,20 @@ class Stabiliser:
         if recommendation > current:
             return target, f"scale-up stabilised: lowest recommendation in the last {self.up_window:g}s is {up}"
         return target, f"scale-down stabilised: highest recommendation in the last {self.down_window:g}s is {down}"
+
+
+class Stabilisation:
+    """The rule: the role's target through its Stabiliser (its recommendation history is this rule's
+    state). An emergency step of the safety net is remembered but not delayed."""
+
+    def __init__(self, config: "StabilisationConfig") -> None:
+        self.stabiliser = Stabiliser(config.scale_up, config.scale_down)
+
+    def remember(self, at: float, replicas: int) -> None:
+        """Enter `replicas` as recommended at `at` (adopted replicas: a fall waits for the window)."""
+        self.stabiliser.apply(at, replicas, replicas)
+
+    def apply(self, ctx: RoleContext, t: Target) -> None:
+        v, note = self.stabiliser.apply(ctx.now, t.value, ctx.current)
+        if note and not t.emergency:
+            t.bind(v, Rule.STABILISATION, note)

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+from scaler.policy.context import RoleContext, Target
+from scaler.policy.rule import Rule
+
+if TYPE_CHECKING:
+    from scaler.config import MaxStep
 
 
 def limit_step(target: int, current: int, max_up: int | None, max_down: int | None,
@@ -18,3 +25,14 @@ def limit_step(target: int, current: int, max_up: int | None, max_down: int | No
     elif target < current and max_down is not None and target < current - max_down:
         return current - max_down, f"scale-down limited to -{max_down} per interval"
     return target, None
+
+
+class StepLimit:
+    def __init__(self, config: "MaxStep") -> None:
+        self.config = config
+
+    def apply(self, ctx: RoleContext, t: Target) -> None:
+        c = self.config
+        v, note = limit_step(t.value, ctx.current, c.up, c.down, c.up_ratio)
+        if note:
+            t.bind(v, Rule.MAX_STEP, note)

@@ -15,18 +15,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+from scaler.signals import GRAPH_SIGNALS, role_signals
 from scaler.testbench.sim.engine_config import GRAPH, engine_config
 from scaler.testbench.sim.policies.base import Policy
 
 RATE_WINDOW_S = 60.0
 WARM_START_STEP_S = 60.0
-GRAPH_SIGNALS = ("request_rate", "isl_mean", "osl_mean", "prefill_tokens_per_s", "decode_tokens_per_s",
-                 "ttft_p99", "itl_p99", "itl_mean", "queued_requests", "kv_block_size")
-ROLE_SIGNALS = {
-    "prefill": {"prefill_queued_tokens": "prefill_queued_tokens", "ready_workers": "ready_prefill"},
-    "decode": {"kv_active_blocks": "kv_active_blocks", "kv_total_blocks": "kv_total_blocks",
-               "kv_usage": "kv_usage", "ready_workers": "ready_decode"},
-}
+# Telemetry columns named otherwise than the product's signals (scaler/signals.py) they stand for.
+ROLE_COLUMNS = {"prefill": {"ready_workers": "ready_prefill"}, "decode": {"ready_workers": "ready_decode"}}
 
 
 class Pdscaler(Policy):
@@ -55,8 +51,11 @@ class Pdscaler(Policy):
         w = telemetry.window(RATE_WINDOW_S)
         if not w:
             return {}
-        signals = {k: w[k] for k in GRAPH_SIGNALS if k in w}
-        roles = {role: {sig: w[col] for sig, col in cols.items() if col in w} for role, cols in ROLE_SIGNALS.items()}
+        signals = {s.name: w[s.name] for s in GRAPH_SIGNALS if s.name in w}
+        roles = {}
+        for role, columns in ROLE_COLUMNS.items():
+            names = (s.name for s in role_signals(role))
+            roles[role] = {n: w[columns.get(n, n)] for n in names if columns.get(n, n) in w}
         t0 = time.perf_counter()
         self.engine.observe(Observation(graph=GRAPH, at=now, signals=signals, roles=roles))
         decision = self.engine.decide(now=now, graph=GRAPH)
