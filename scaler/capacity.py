@@ -92,7 +92,8 @@ def decode_need(demand: DecodeDemand, profile: DecodeProfile, policy: DecodeCapa
     return Need(replicas=terms[term], term=term, figures=figures)
 
 
-# --- Reading the demand from an observation --------------------------------------------------------
+# --- Reading the demand from an observation ---------------------------------------------------------
+# One derivation, used alike by the reactive sizing (observed_*_demand) and the forecaster (demand_values).
 
 
 def _req(signals: Mapping[str, float], *names: str) -> list[float]:
@@ -102,21 +103,32 @@ def _req(signals: Mapping[str, float], *names: str) -> list[float]:
     return [signals[n] for n in names]
 
 
+def token_rate(graph: Mapping[str, float], name: str, mean: str) -> float | None:
+    """Tokens/s of one direction (`name`: prefill_tokens_per_s or decode_tokens_per_s): the measured
+    rate(ISL or OSL sum), else request rate x the mean length; 0 with no traffic (the mean is then 0/0,
+    NaN in PromQL, hence dropped); None when neither is known."""
+    rate = graph.get("request_rate")
+    if rate == 0:
+        return 0.0
+    if name in graph:
+        return graph[name]
+    if rate is not None and mean in graph:
+        return rate * graph[mean]
+    return None
+
+
 def observed_prefill_demand(graph: Mapping[str, float], role: Mapping[str, float]) -> PrefillDemand:
     (rate,) = _req(graph, "request_rate")
-    # With no traffic the mean ISL is 0/0 (NaN in PromQL, hence dropped): arrival demand is then 0.
     isl = None if rate == 0 else _req(graph, "isl_mean")[0]
-    arrival = graph.get("prefill_tokens_per_s", rate * (isl or 0.0))
+    arrival = token_rate(graph, "prefill_tokens_per_s", "isl_mean")
     return PrefillDemand(arrival, role.get("prefill_queued_tokens", 0.0), isl)
 
 
 def observed_decode_demand(graph: Mapping[str, float], role: Mapping[str, float], kv_tokens: float) -> DecodeDemand:
-    kv_used = kv_tokens_in_use(graph, role, kv_tokens)
-    rate = graph.get("request_rate")
-    token_rate = None
-    if rate is not None and (rate == 0 or "osl_mean" in graph):
-        token_rate = 0.0 if rate == 0 else graph.get("decode_tokens_per_s", rate * graph["osl_mean"])
-    return DecodeDemand(kv_used, token_rate, context(graph))
+    rate = None
+    if "request_rate" in graph and (graph["request_rate"] == 0 or "osl_mean" in graph):
+        rate = token_rate(graph, "decode_tokens_per_s", "osl_mean")
+    return DecodeDemand(kv_tokens_in_use(graph, role, kv_tokens), rate, context(graph))
 
 
 def context(graph: Mapping[str, float]) -> float | None:
@@ -127,6 +139,8 @@ def context(graph: Mapping[str, float]) -> float | None:
 
 
 def kv_tokens_in_use(graph: Mapping[str, float], role: Mapping[str, float], kv_tokens: float) -> float | None:
+    """KV tokens in use on a decode role: active blocks x block size, else mean usage x ready workers
+    x one replica's KV tokens."""
     if "kv_active_blocks" in role and "kv_block_size" in graph:
         return role["kv_active_blocks"] * graph["kv_block_size"]
     if "kv_usage" in role and "ready_workers" in role:
@@ -134,20 +148,20 @@ def kv_tokens_in_use(graph: Mapping[str, float], role: Mapping[str, float], kv_t
     return None
 
 
-def demand_values(obs: "Observation", gcfg: "GraphConfig") -> tuple[dict[str, float], float | None]:
-    """The forecast inputs in an observation: the demand series (token rates from rate(ISL_sum) or
-    else rate x mean ISL), the means the derivations use, and the KV tokens in use on decode roles."""
+def demand_values(obs: "Observation", gcfg: "GraphConfig", kv_tokens: float
+                  ) -> tuple[dict[str, float], float | None]:
+    """The forecast inputs in an observation: the demand series (token_rate), the means the
+    derivations use, and the KV tokens in use on the decode roles (kv_tokens_in_use, with
+    `kv_tokens` per replica from the graph's profile): the same figures the reactive sizing reads."""
     sig = obs.signals
     values = {k: sig[k] for k in ("request_rate", "isl_mean", "osl_mean", "itl_mean") if k in sig}
     for name, mean in (("prefill_tokens_per_s", "isl_mean"), ("decode_tokens_per_s", "osl_mean")):
-        if name in sig:
-            values[name] = sig[name]
-        elif "request_rate" in sig and (sig["request_rate"] == 0 or mean in sig):
-            values[name] = 0.0 if sig["request_rate"] == 0 else sig["request_rate"] * sig[mean]
+        v = token_rate(sig, name, mean)
+        if v is not None:
+            values[name] = v
     kv = None
-    block = sig.get("kv_block_size")
     for role, rcfg in gcfg.roles.items():
-        blocks = obs.roles.get(role, {}).get("kv_active_blocks")
-        if rcfg.kind == "decode" and blocks is not None and block is not None:
-            kv = (kv or 0.0) + blocks * block
+        used = kv_tokens_in_use(sig, obs.roles.get(role, {}), kv_tokens) if rcfg.kind == "decode" else None
+        if used is not None:
+            kv = (kv or 0.0) + used
     return values, kv

@@ -124,7 +124,8 @@ class Engine:
             return
         clean = sanitize(obs)
         self._latest[obs.graph] = clean
-        values, kv = demand_values(clean, self.config.graphs[obs.graph])
+        kv_per_replica = self._profiles[obs.graph].decode.kv_tokens
+        values, kv = demand_values(clean, self.config.graphs[obs.graph], kv_per_replica)
         try:
             self._forecasters[obs.graph].observe(clean.at, values, kv)
             self._forecast_errors.pop(obs.graph, None)

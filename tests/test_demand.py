@@ -66,3 +66,22 @@ def test_the_live_engine_refits_prophet_in_the_background_and_replays_do_not():
     live, replay = prophet_models(Engine(cfg, live=True)), prophet_models(Engine(cfg))
     assert all(isinstance(m, ProphetForecaster) for m in live + replay)
     assert {m.model.refit for m in live} == {"background"} and {m.model.refit for m in replay} == {"sync"}
+
+
+def test_the_forecaster_and_the_reactive_sizing_read_the_same_kv_figure():
+    """Without active KV blocks, both derive KV in use from usage x ready workers x KV per replica."""
+    from scaler.capacity import demand_values, kv_tokens_in_use
+
+    graph = {"request_rate": 10.0, "isl_mean": 2000.0, "osl_mean": 100.0, "kv_block_size": 16.0}
+    role = {"kv_usage": 0.5, "ready_workers": 4.0}
+    obs = Observation("g1", 0.0, graph, {"decode": role})
+    cfg = make_config().graphs["g1"]
+    kv_per_replica = cfg.capacity_profile().decode.kv_tokens
+    values, kv = demand_values(obs, cfg, kv_per_replica)
+    assert kv == kv_tokens_in_use(graph, role, kv_per_replica) == 0.5 * 4 * kv_per_replica
+    assert values["prefill_tokens_per_s"] == 20_000.0 and values["decode_tokens_per_s"] == 1000.0
+    blocks = Observation("g1", 0.0, graph, {"decode": {**role, "kv_active_blocks": 1000.0}})
+    assert demand_values(blocks, cfg, kv_per_replica)[1] == 16_000.0  # active blocks win when read
+    idle = Observation("g1", 0.0, {"request_rate": 0.0, "prefill_tokens_per_s": 5.0}, {})
+    assert demand_values(idle, cfg, kv_per_replica) == ({"request_rate": 0.0, "prefill_tokens_per_s": 0.0,
+                                                          "decode_tokens_per_s": 0.0}, None)
