@@ -129,3 +129,17 @@ def test_config_overrides_reach_the_engine_and_bad_configs_name_the_field(tmp_pa
     assert main(["backtest", "--trace", "azure-code", "--duration", "60", "--policies", "pdscaler",
                  "--config", str(bad), "--no-progress"]) == 2
     assert "graphs.g.roles.p.max_replicas" in capsys.readouterr().err
+
+
+def test_compare_sees_a_moved_figure_and_ignores_timings():
+    from scaler.testbench.sim.compare import differences
+
+    before = {"wall_s": 1.0, "policies": {"pdscaler": {"gpu_hours": 18.8, "engine_ms_per_call": 0.4,
+                                                       "decision_rules": {"prefill:forecast": 10}}}}
+    timing_only = {"wall_s": 9.0, "policies": {"pdscaler": {"gpu_hours": 18.8, "engine_ms_per_call": 3.0,
+                                                            "decision_rules": {"prefill:forecast": 10}}}}
+    assert differences(before, timing_only) == []
+    moved = {"wall_s": 1.0, "policies": {"pdscaler": {"gpu_hours": 19.0, "decision_rules": {"prefill:capacity": 10}}}}
+    assert differences(before, moved) == ["/policies/pdscaler/decision_rules/prefill:capacity: only in after",
+                                          "/policies/pdscaler/decision_rules/prefill:forecast: only in before",
+                                          "/policies/pdscaler/gpu_hours: 18.8 -> 19.0"]
