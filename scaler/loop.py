@@ -146,8 +146,7 @@ class DecisionLoop:
         return True, f"last poll {age:.0f}s ago"
 
     def can_warm_start(self) -> bool:
-        history = getattr(self.source, "history", None)  # the scrape source keeps no history
-        return callable(history) and self.engine.config.forecast.warm_start > 0
+        return self.source.keeps_history and self.engine.config.forecast.warm_start > 0
 
     def warm_start(self) -> dict[str, list[str]]:
         """Fit every graph's forecasts on the source's history, when it has one (Prometheus)."""
@@ -161,7 +160,7 @@ class DecisionLoop:
         end = self.clock.now()
         wanted = [(None, name) for name in FORECAST_SERIES]
         try:
-            got = self.source.history(graph, wanted, end - fc.warm_start, end, fc.warm_start_step)  # type: ignore[attr-defined]
+            got = self.source.history(graph, wanted, end - fc.warm_start, end, fc.warm_start_step)
         except Exception as e:  # warm start is an optimisation
             log.warning("warm start of %s failed: %s", graph, e)
             return []

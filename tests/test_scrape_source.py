@@ -123,3 +123,17 @@ def test_unreachable_target_is_reported_not_raised():
     obs = src.collect_graph("g", now=0.0)
     assert obs.signals == {}
     assert any("scrape http://127.0.0.1:1/metrics failed" in e for e in obs.errors)
+
+
+def test_the_scrape_source_keeps_no_history_so_forecasts_start_cold():
+    from scaler.clock import ManualClock
+    from scaler.engine import Engine
+    from scaler.loop import DecisionLoop
+    from scaler.store import DecisionStore
+
+    config = scrape_config(["http://127.0.0.1:1/metrics"])
+    src = ScrapeSource(config)
+    assert not src.keeps_history and src.history("g", [(None, "request_rate")], 0.0, 600.0, 60.0) == {}
+    loop = DecisionLoop(Engine(config), src, DecisionStore(), ManualClock(1000.0))
+    assert config.forecast.warm_start > 0 and not loop.can_warm_start() and loop.warm_start() == {}
+    src.close()

@@ -76,6 +76,8 @@ def render(signal: Signal, names: dict[str, str], matchers: list[Matcher], windo
 
 
 class PrometheusSource:
+    keeps_history = True  # range queries over the retention
+
     def __init__(self, config: ScalerConfig) -> None:
         assert isinstance(config.source, PrometheusSourceConfig)
         self.config = config

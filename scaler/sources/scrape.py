@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from scaler.config import RoleConfig, ScalerConfig, ScrapeSourceConfig
 from scaler.observation import Observation
 from scaler.signals import GRAPH_SIGNALS, Signal, metric_names, role_label_filter, role_signals
+
+if TYPE_CHECKING:
+    import numpy as np
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -91,13 +96,15 @@ def histogram_quantile(q: float, buckets: dict[str, float]) -> float:
 
 
 class ScrapeSource:
+    keeps_history = False  # only the snapshots of the current rate window
+
     def __init__(self, config: ScalerConfig, session: requests.Session | None = None) -> None:
         assert isinstance(config.source, ScrapeSourceConfig)
         self.config = config
         self.src = config.source
         self.names = metric_names(self.src.metric_names)
         self.session = session or requests.Session()
-        self.history: dict[str, deque[Snapshot]] = {g: deque() for g in config.graphs}
+        self.snapshots: dict[str, deque[Snapshot]] = {g: deque() for g in config.graphs}
 
     def _scrape(self, graph: str, now: float) -> tuple[Snapshot, list[str]]:
         texts, errors = [], []
@@ -117,7 +124,7 @@ class ScrapeSource:
 
     def _remember(self, graph: str, snap: Snapshot) -> Snapshot | None:
         """Keep snapshots spanning the rate window; return the oldest one to diff against."""
-        h = self.history[graph]
+        h = self.snapshots[graph]
         if snap.samples:
             h.append(snap)
         # Keep one snapshot at or before the window's start as the base.
@@ -180,6 +187,12 @@ class ScrapeSource:
 
     def collect(self, now: float) -> list[Observation]:
         return [self.collect_graph(g, now) for g in self.config.graphs]
+
+    def history(
+        self, graph: str, wanted: list[tuple[str | None, str]], start: float, end: float, step: float
+    ) -> dict[tuple[str | None, str], tuple[np.ndarray, np.ndarray]]:
+        """Nothing: an exporter's /metrics holds no past values (forecasts start cold)."""
+        return {}
 
     def close(self) -> None:
         self.session.close()
