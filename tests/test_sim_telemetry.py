@@ -5,11 +5,12 @@ import pytest
 
 from scaler.config import ScalerConfig
 from scaler.testbench.emulator.profile import EmulatorProfile
-from scaler.observation import Observation, sanitize
+from scaler.observation import sanitize
 from scaler.testbench.sim.context import SimContext
 from scaler.testbench.sim.engine_config import engine_config
 from scaler.testbench.sim.fluid import FluidGraph
-from scaler.testbench.sim.policies.pdscaler import GRAPH_SIGNALS, ROLE_SIGNALS
+from scaler.signals import GRAPH_SIGNALS, role_signals
+from scaler.testbench.sim.policies.pdscaler import observation
 from scaler.testbench.sim.telemetry import Telemetry, weighted_quantile
 from scaler.testbench.sim.workload import synthetic
 
@@ -47,10 +48,12 @@ def test_what_pdscaler_is_fed_passes_the_engines_sanitizer_and_the_config_valida
     ctx = SimContext(synthetic(np.full(10, 1.0), 100, 10))
     ScalerConfig.model_validate(engine_config(ctx))
     w = _run(50, 1000, 100, 2, 1, 90).window(60)
-    obs = Observation(graph="sim", at=90.0, signals={k: w[k] for k in GRAPH_SIGNALS if k in w},
-                      roles={r: {s: w[c] for s, c in cols.items()} for r, cols in ROLE_SIGNALS.items()})
+    obs = observation(90.0, w)
     assert sanitize(obs).errors == ()
-    assert set(obs.signals) == set(GRAPH_SIGNALS)
+    # Every signal of the product but the frontend's in-flight gauge (the fluid model has none).
+    assert set(obs.signals) == {s.name for s in GRAPH_SIGNALS} - {"inflight_requests"}
+    for role in ("prefill", "decode"):
+        assert set(obs.roles[role]) == {s.name for s in role_signals(role)}
 
 
 def test_weighted_quantile():

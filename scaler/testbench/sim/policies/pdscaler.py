@@ -25,6 +25,20 @@ WARM_START_STEP_S = 60.0
 ROLE_COLUMNS = {"prefill": {"ready_workers": "ready_prefill"}, "decode": {"ready_workers": "ready_decode"}}
 
 
+def observation(now: float, window: dict[str, float]):
+    """What the server would read from Prometheus, from the telemetry window (None when empty)."""
+    from scaler.observation import Observation
+
+    if not window:
+        return None
+    signals = {s.name: window[s.name] for s in GRAPH_SIGNALS if s.name in window}
+    roles = {}
+    for role, columns in ROLE_COLUMNS.items():
+        names = (s.name for s in role_signals(role))
+        roles[role] = {n: window[columns.get(n, n)] for n in names if columns.get(n, n) in window}
+    return Observation(graph=GRAPH, at=now, signals=signals, roles=roles)
+
+
 class Pdscaler(Policy):
     name = "pdscaler"
 
@@ -46,18 +60,11 @@ class Pdscaler(Policy):
             self.warm_start_s = time.perf_counter() - t0
 
     def step(self, now, i, telemetry, cluster) -> dict[str, float]:
-        from scaler.observation import Observation
-
-        w = telemetry.window(RATE_WINDOW_S)
-        if not w:
+        obs = observation(now, telemetry.window(RATE_WINDOW_S))
+        if obs is None:
             return {}
-        signals = {s.name: w[s.name] for s in GRAPH_SIGNALS if s.name in w}
-        roles = {}
-        for role, columns in ROLE_COLUMNS.items():
-            names = (s.name for s in role_signals(role))
-            roles[role] = {n: w[columns.get(n, n)] for n in names if columns.get(n, n) in w}
         t0 = time.perf_counter()
-        self.engine.observe(Observation(graph=GRAPH, at=now, signals=signals, roles=roles))
+        self.engine.observe(obs)
         decision = self.engine.decide(now=now, graph=GRAPH)
         self.seconds += time.perf_counter() - t0
         self.calls += 1
