@@ -605,7 +605,7 @@ def test_warm_capacity_placeholder_has_the_lowest_priority(built, name):
     # No other object claims a priority at or below the placeholder's.
     others = [d for d in of_kind(docs, "PriorityClass") if d is not pc]
     assert all(d["value"] > pc["value"] for d in others)
-    assert deployment["spec"]["replicas"] == 0
+    assert "replicas" not in deployment["spec"], "KEDA owns the placeholder's replicas"
     (c,) = pod["containers"]
     assert c["image"] == "registry.k8s.io/pause:3.10"
     assert c["resources"]["requests"]["nvidia.com/gpu"] == c["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -616,6 +616,22 @@ def test_warm_capacity_placeholder_has_the_lowest_priority(built, name):
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     so = one(docs, "ScaledObject", "vllm-disagg-warm", "dynamo")
     assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "pdscaler-warm-capacity"}
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_no_scaled_target_sets_replicas(built, name):
+    """A workload a ScaledObject scales must not carry spec.replicas: every `kubectl apply` of the
+    manifests would reset what KEDA (through the HPA) set, until the next HPA sync."""
+    docs = built[name]
+    scaled = {(so["metadata"]["namespace"], so["spec"]["scaleTargetRef"].get("apiVersion", "apps/v1"),
+               so["spec"]["scaleTargetRef"].get("kind", "Deployment"), so["spec"]["scaleTargetRef"]["name"])
+              for so in of_kind(docs, "ScaledObject")}
+    workloads = {(d["metadata"].get("namespace"), d["apiVersion"], d["kind"], d["metadata"]["name"]): d
+                 for d in docs if d["kind"] in ("Deployment", "StatefulSet")}
+    for key in scaled & set(workloads):
+        assert "replicas" not in workloads[key]["spec"], f"{key[2]} {key[0]}/{key[3]} sets spec.replicas"
+    if name in DYNAMO_OVERLAYS:
+        assert ("dynamo", "apps/v1", "Deployment", "pdscaler-warm-capacity") in scaled & set(workloads)
 
 
 # --- TLS ------------------------------------------------------------------------------------------
