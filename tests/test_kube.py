@@ -294,26 +294,31 @@ def test_config_needs_namespaces_for_cluster_reads():
             "kind": "prefill", "service": "A", "scale_target": {"api_version": "apps/v1", "kind": "Deployment", "name": "x"}}}}}})
 
 
-def _rbac_need(method: str, path: str) -> tuple[str, str, str]:
-    """(apiGroup, resource[/subresource], verb) of one API request, as RBAC sees it."""
+def _rbac_need(method: str, path: str) -> tuple[str, str, str, str]:
+    """(namespace, apiGroup, resource[/subresource], verb) of one API request, as RBAC sees it."""
     parts = urlsplit(path).path.strip("/").split("/")
     group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
     assert rest[0] == "namespaces", path  # every read is namespaced
-    rest = rest[2:]
+    namespace, rest = rest[1], rest[2:]
     resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
     verb = {"GET": "get" if len(rest) > 1 else "list"}[method]
-    return group, resource, verb
+    return namespace, group, resource, verb
 
 
 def test_the_manifests_grant_exactly_what_the_cluster_reads_use(api_server):
-    """Every RBAC rule of manifests/base is used, and nothing used is missing (least privilege)."""
+    """Every RBAC rule of manifests/base is used, and nothing used is missing (least privilege); every
+    call is in a graph's namespace, so the manifests' Role in each graph namespace (no ClusterRole)
+    covers them (tests/test_manifests.py checks the Role's rules are RBAC_RULES)."""
     from test_manifests import RBAC_RULES
 
-    w = watcher(api_server)
+    cfg = config()
+    w = watcher(api_server, cfg)
     w.poll(now=1000.0)
     api_server.faults[f"{NS}/dynamographdeployments/vllm-disagg"] = 404  # the pods fallback for DGD roles too
     w.poll(now=2000.0)
-    used = {_rbac_need(m, p) for m, p in api_server.requests}
+    needs = {_rbac_need(m, p) for m, p in api_server.requests}
+    assert {ns for ns, *_ in needs} == {g.namespace for g in cfg.graphs.values()}
+    used = {need[1:] for need in needs}
     granted = {(g, r, v) for rule in RBAC_RULES for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert used == granted
 

@@ -51,7 +51,8 @@ CRD_KINDS = {
     "ClusterIssuer": "cert-manager.io/v1",
 }
 
-# Exactly the API calls pdscaler's Kubernetes client makes (all reads; KEDA writes replicas).
+# Exactly the API calls pdscaler's Kubernetes client makes (all reads; KEDA writes replicas), all in
+# the graphs' namespaces: granted by a Role in each graph's namespace.
 RBAC_RULES = [
     {"apiGroups": ["nvidia.com"], "resources": ["dynamographdeploymentscalingadapters/scale"], "verbs": ["get"]},
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get"]},
@@ -427,22 +428,70 @@ def _canonical(rules: list[dict]) -> list[tuple]:
                    tuple(sorted(r.get("nonResourceURLs", [])))) for r in rules)
 
 
+SCALER_SUBJECT = {"kind": "ServiceAccount", "name": "pdscaler", "namespace": "pdscaler"}
+
+
+def granted_rules(docs: list[dict]) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The rules pdscaler's service account holds: (cluster-wide, {namespace: rules}), through
+    ClusterRoleBindings, and RoleBindings to a Role or a ClusterRole."""
+    cluster_roles = {r["metadata"]["name"]: r for r in of_kind(docs, "ClusterRole")}
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
+    cluster_wide: list[dict] = []
+    per_namespace: dict[str, list[dict]] = {}
+    for b in of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding"):
+        if SCALER_SUBJECT not in b.get("subjects", []):
+            continue
+        ref = b["roleRef"]
+        assert ref["apiGroup"] == "rbac.authorization.k8s.io"
+        if ref["kind"] == "ClusterRole":
+            rules = cluster_roles[ref["name"]]["rules"]
+        else:
+            assert b["kind"] == "RoleBinding" and ref["kind"] == "Role"
+            rules = roles[(b["metadata"]["namespace"], ref["name"])]["rules"]
+        if b["kind"] == "ClusterRoleBinding":
+            cluster_wide += rules
+        else:
+            per_namespace.setdefault(b["metadata"]["namespace"], []).extend(rules)
+    return cluster_wide, per_namespace
+
+
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_rbac_is_exactly_what_the_scaler_calls(built, name):
+    """Every read pdscaler makes is in a graph's namespace (tests/test_kube.py), so it holds exactly
+    RBAC_RULES in each configured graph's namespace, nothing in any other namespace and nothing
+    cluster-wide (no ClusterRoleBinding: it would let it list pods, read scale subresources... of
+    every namespace)."""
     docs = built[name]
-    roles = of_kind(docs, "ClusterRole") + of_kind(docs, "Role")
-    assert [r["metadata"]["name"] for r in roles] == ["pdscaler"]
-    rules = roles[0]["rules"]
-    assert len(rules) == len(RBAC_RULES)
-    assert _canonical(rules) == _canonical(RBAC_RULES)
-    for rule in rules:
-        assert set(rule["verbs"]) <= {"get", "list"} and "*" not in rule["resources"] + rule["apiGroups"]
-    bindings = of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding")
-    assert len(bindings) == 1
-    binding = bindings[0]
-    assert binding["kind"] == "ClusterRoleBinding"
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "pdscaler"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pdscaler", "namespace": "pdscaler"}]
+    cluster_wide, per_namespace = granted_rules(docs)
+    assert cluster_wide == []
+    assert not of_kind(docs, "ClusterRoleBinding") and not of_kind(docs, "ClusterRole")
+    graph_namespaces = {g.namespace for g in overlay_config(docs).graphs.values()}
+    assert set(per_namespace) == graph_namespaces == {"dynamo"}
+    for namespace, rules in per_namespace.items():
+        assert len(rules) == len(RBAC_RULES), namespace
+        assert _canonical(rules) == _canonical(RBAC_RULES), namespace
+        for rule in rules:
+            assert set(rule["verbs"]) <= {"get", "list"} and "*" not in rule["resources"] + rule["apiGroups"]
+    # One Role and one RoleBinding per graph namespace, both named pdscaler, and nothing else.
+    assert sorted((r["kind"], r["metadata"]["namespace"], r["metadata"]["name"])
+                  for r in of_kind(docs, "Role") + of_kind(docs, "RoleBinding")) == sorted(
+        (kind, ns, "pdscaler") for ns in graph_namespaces for kind in ("Role", "RoleBinding"))
+    for binding in of_kind(docs, "RoleBinding"):
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pdscaler"}
+        assert binding["subjects"] == [SCALER_SUBJECT]
+
+
+def test_rbac_counts_cluster_wide_grants(built):
+    """granted_rules sees a ClusterRoleBinding (the shape the manifests had), so the test above
+    would catch one coming back."""
+    docs = copy.deepcopy(built["base"])
+    docs.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "x"},
+                 "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]})
+    docs.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "x"},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "x"},
+                 "subjects": [SCALER_SUBJECT]})
+    cluster_wide, _ = granted_rules(docs)
+    assert cluster_wide == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
