@@ -35,6 +35,14 @@ def _load_config(path: str):
         return None
 
 
+def tls_client_names(args: argparse.Namespace) -> tuple[str, ...]:
+    """The client certificate names `serve` admits under mTLS: --tls-client-name, else the default."""
+    from scaler.server import DEFAULT_CLIENT_NAMES
+
+    names = tuple(n.strip() for value in args.tls_client_name for n in value.split(",") if n.strip())
+    return names or DEFAULT_CLIENT_NAMES
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from scaler.config import PrometheusSourceConfig
 
@@ -52,16 +60,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = adjust(config)
     tls = None
+    if args.tls_client_name and not args.tls_client_ca:
+        print("pdscaler: --tls-client-name needs --tls-client-ca (client certificates exist only under mTLS)",
+              file=sys.stderr)
+        return 2
     if args.tls_cert or args.tls_key or args.tls_client_ca:
         if not (args.tls_cert and args.tls_key):
             print("pdscaler: TLS needs both --tls-cert and --tls-key", file=sys.stderr)
             return 2
         from scaler.server import TlsFiles
 
-        tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
         try:
+            tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca, tls_client_names(args))
             tls.credentials()
-        except OSError as e:
+        except (OSError, ValueError) as e:
             print(f"pdscaler: {e}", file=sys.stderr)
             return 2
     return asyncio.run(_serve(config, args.host, args.port, args.http_port, tls, args.config, adjust))
@@ -252,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", help="serve gRPC over TLS with this PEM certificate (needs --tls-key)")
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--tls-client-ca", help="require client certificates signed by this PEM CA (mTLS)")
+    s.add_argument("--tls-client-name", action="append", default=[], metavar="NAME[,NAME...]",
+                   help="with --tls-client-ca, serve only clients whose certificate's subject CN or a "
+                        "subjectAltName is one of these (repeatable or comma-separated; default: "
+                        "keda-operator, KEDA's client certificate in manifests/overlays/tls)")
     s.set_defaults(func=cmd_serve)
 
     rd = sub.add_parser("render", help="ScaledObjects and config attaching pdscaler to a DynamoGraphDeployment")

@@ -12,6 +12,7 @@ arithmetic, desired = ceil(value / target), asks for exactly that count.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -174,15 +175,33 @@ async def _resolve_or_abort(svc: ExternalScaler, ref, context) -> Target:
         raise  # unreachable: abort raises
 
 
+# The client certificate name admitted under mTLS by default: KEDA's client certificate as the tls
+# overlay issues it (manifests/overlays/tls/certificates.yaml, commonName keda-operator).
+DEFAULT_CLIENT_NAMES: tuple[str, ...] = ("keda-operator",)
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """PEM files of the gRPC port's TLS: the server's certificate and key, and optionally the CA that
     client certificates must be signed by (then mTLS: a client without one is refused). KEDA's side is
-    the trigger's `enableTLS: "true"` plus caCert / tlsClientCert / tlsClientKey in a TriggerAuthentication."""
+    the trigger's `enableTLS: "true"` plus caCert / tlsClientCert / tlsClientKey in a TriggerAuthentication.
+
+    Under mTLS the CA is not enough: whoever can get a certificate from it would pass. A client is
+    served only if its certificate's subject CN or a subjectAltName is one of `client_names`
+    (exactly); any other gets PERMISSION_DENIED on every call (ClientIdentityInterceptor)."""
 
     cert: str
     key: str
     client_ca: str | None = None
+    client_names: tuple[str, ...] = DEFAULT_CLIENT_NAMES
+
+    def __post_init__(self) -> None:
+        if self.client_ca and not self.client_names:
+            raise ValueError("mTLS needs at least one allowed client name (--tls-client-name)")
+
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """The identity check under mTLS; none for TLS alone (clients present no certificate)."""
+        return [ClientIdentityInterceptor(self.client_names)] if self.client_ca else []
 
     def credentials(self) -> grpc.ServerCredentials:
         def read(path: str) -> bytes:
@@ -195,6 +214,60 @@ class TlsFiles:
         ca = read(self.client_ca) if self.client_ca else None
         return grpc.ssl_server_credentials([(read(self.key), read(self.cert))], root_certificates=ca,
                                            require_client_auth=ca is not None)
+
+
+def peer_names(context) -> list[str]:
+    """The names of the client certificate the TLS handshake verified: subject CN, then the
+    subjectAltNames (DNS names and the other SAN entries gRPC reports); [] without one."""
+    auth = context.auth_context() or {}
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            for key in ("x509_common_name", "x509_subject_alternative_name") for v in auth.get(key, [])]
+
+
+class ClientIdentityInterceptor(grpc.aio.ServerInterceptor):
+    """Serves a call only if the client certificate carries one of `names` (its CN or a SAN): the
+    handshake has checked the certificate against the client CA, this checks whose it is. Every
+    method of every service (health included) is guarded, streams before their first message."""
+
+    def __init__(self, names) -> None:
+        self.names = frozenset(names)
+        self._logged: set[tuple[str, ...]] = set()
+
+    async def check(self, context) -> None:
+        names = peer_names(context)
+        if self.names.intersection(names):
+            return
+        shown = ", ".join(_show(n) for n in names[:4]) or "none"
+        if len(self._logged) < 64 and tuple(names) not in self._logged:  # once per identity, bounded
+            self._logged.add(tuple(names))
+            log.warning("mTLS: refused a client certificate for %s, peer %s: not in --tls-client-name",
+                        shown, context.peer())
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"client certificate ({shown}) is not allowed by this scaler")
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return handler._replace(**{kind: self._guard(behavior)})
+        return handler
+
+    def _guard(self, behavior):
+        check = self.check
+        if inspect.isasyncgenfunction(behavior):
+            async def guarded_stream(request, context):
+                await check(context)
+                async for response in behavior(request, context):
+                    yield response
+            return guarded_stream
+
+        async def guarded(request, context):
+            await check(context)
+            return await behavior(request, context)
+        return guarded
 
 
 @dataclass(frozen=True)
@@ -223,6 +296,7 @@ async def start_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
     """Start the gRPC server (external scaler + health) and return it with its servicers and bound port."""
+    interceptors = [*interceptors, *(tls.interceptors() if tls else [])]  # identity check innermost
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors))
     scaler = ExternalScaler(config, store)
     pb_grpc.add_ExternalScalerServicer_to_server(scaler, server)
