@@ -76,13 +76,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             print(f"pdscaler: {e}", file=sys.stderr)
             return 2
-    return asyncio.run(_serve(config, args.host, args.port, args.http_port, tls, args.config, adjust))
+    return asyncio.run(_serve(config, args.host, args.port, args.http_port, tls, args.config, adjust,
+                              http_host=args.http_host))
 
 
 async def _serve(config, host: str, port: int, http_port: int | None = None, tls=None,
-                 config_path: str | None = None, adjust=None) -> int:
+                 config_path: str | None = None, adjust=None, http_host: str | None = None) -> int:
     """Run the server until SIGINT/SIGTERM. With `config_path`, SIGHUP or a change of the file reloads
-    it (`adjust` re-applies command-line overrides); an invalid file keeps the running config."""
+    it (`adjust` re-applies command-line overrides); an invalid file keeps the running config.
+    `http_host` None: the HTTP port listens on every address, IPv4 and IPv6."""
     from grpc_health.v1 import health_pb2
 
     from scaler.clock import SystemClock
@@ -112,11 +114,12 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     graphs = list(config.graphs)  # shared with the HTTP port; updated in place on reload
     http = None
     if http_port is not None and http_port >= 0:
-        from scaler.http_admin import start_http
+        from scaler.http_admin import ALL_ADDRESSES, start_http
 
-        http, http_bound = await start_http(store, graphs, host.strip("[]") or "::", http_port, metrics,
-                                            health=worker.healthy)
-        print(f"pdscaler {__version__}: explain and metrics on http://{host}:{http_bound}/explain, /metrics", flush=True)
+        http, http_bound = await start_http(store, graphs, http_host, http_port, metrics, health=worker.healthy)
+        shown = "[::]" if http_host in ALL_ADDRESSES else f"[{http_host.strip('[]')}]" if ":" in http_host else http_host
+        print(f"pdscaler {__version__}: explain and metrics on http://{shown}:{http_bound}/explain, /metrics"
+              + (" (every address, IPv4 and IPv6)" if http_host in ALL_ADDRESSES else ""), flush=True)
     worker.start()
     print(f"pdscaler {__version__}: KEDA external scaler on {host}:{server.port} for graphs {', '.join(config.graphs)}", flush=True)
 
@@ -261,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prometheus-url", help="override source.url of a prometheus source")
     s.add_argument("--http-port", type=int, default=9090,
                    help="HTTP port for /explain, /metrics and /healthz (default 9090; -1 = off)")
+    s.add_argument("--http-host", default=None,
+                   help="address the HTTP port binds (default: every address, IPv4 and IPv6; '::' too)")
     s.add_argument("--tls-cert", help="serve gRPC over TLS with this PEM certificate (needs --tls-key)")
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--tls-client-ca", help="require client certificates signed by this PEM CA (mTLS)")

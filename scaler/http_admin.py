@@ -7,21 +7,29 @@ waits on Prometheus, a model fit or the Kubernetes API.
     GET /explain?graph=G&format=json  the same as JSON (Decision.to_dict)
     GET /explain                      all graphs
 Unknown graph -> 404 naming the configured graphs; no decision yet -> 503.
+
+By default the port listens on every address of both families (one dual-stack socket), so that
+`http://127.0.0.1:9090` and `http://[::1]:9090` both answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import socket
 from typing import TYPE_CHECKING, Callable
 
 from aiohttp import web
+from yarl import URL
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from scaler.store import DecisionStore
 
 if TYPE_CHECKING:
     from scaler.metrics import ScalerMetrics
+
+ALL_ADDRESSES = (None, "", "*", "::", "[::]")  # hosts meaning every address of both families
 
 STORE_KEY = web.AppKey("store", DecisionStore)
 GRAPHS_KEY = web.AppKey("graphs", list)
@@ -72,13 +80,92 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(status=200 if ok else 503, text=("ok: " if ok else "unhealthy: ") + why + "\n")
 
 
-async def start_http(store: DecisionStore, graphs: list[str], host: str, port: int,
+class _SocketSite(web.BaseSite):
+    """An aiohttp site on a socket bound here (aiohttp's TCPSite on "::" would be IPv6 only)."""
+
+    __slots__ = ("_sock", "_factory")
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, factory) -> None:
+        super().__init__(runner)
+        self._sock, self._factory = sock, factory
+
+    @property
+    def name(self) -> str:
+        host, port = self._sock.getsockname()[:2]
+        return str(URL.build(scheme="http", host=host, port=port))
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = await asyncio.get_running_loop().create_server(self._factory, sock=self._sock,
+                                                                      backlog=self._backlog)
+
+
+def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
+    """Bound TCP sockets for host:port (0 = ephemeral; every socket gets the same port). `host` in
+    ALL_ADDRESSES: every address of both families, one dual-stack socket where the system allows it
+    (else an IPv6 and an IPv4 socket; IPv4 only without IPv6); a name: each of its addresses."""
+    if host in ALL_ADDRESSES:
+        if socket.has_ipv6:
+            try:
+                s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            except OSError:
+                s = None  # no IPv6 in this kernel
+            if s is not None:
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                except OSError:  # no dual-stack sockets here: one socket per family
+                    s.close()
+                    return _bind_each([(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")], port)
+                try:
+                    s.bind(("::", port))
+                    return [s]
+                except OSError as e:
+                    s.close()
+                    if e.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                        raise  # e.g. the port is taken
+                # IPv6 is off (disable_ipv6): IPv4 alone
+        return _bind_each([(socket.AF_INET, "0.0.0.0")], port)
+    host = host.strip("[]")
+    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    return _bind_each(list(dict.fromkeys((family, sa[0]) for family, *_, sa in infos)), port)
+
+
+def _bind_each(addresses: list[tuple[int, str]], port: int) -> list[socket.socket]:
+    socks: list[socket.socket] = []
+    try:
+        for family, address in addresses:
+            s = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((address, port or (socks[0].getsockname()[1] if len(socks) > 1 else 0)))
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+async def start_http(store: DecisionStore, graphs: list[str], host: str | None, port: int,
                      metrics: "ScalerMetrics | None" = None,
                      health: "Callable[[], tuple[bool, str]] | None" = None) -> tuple[web.AppRunner, int]:
-    """Serve the app on host:port (0 = ephemeral); returns the runner (to clean up) and the bound port."""
+    """Serve the app on host:port (host None: every address, both families; port 0 = ephemeral);
+    returns the runner (to clean up) and the bound port."""
     runner = web.AppRunner(build_app(store, graphs, metrics, health), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
-    return runner, bound
+    try:
+        socks = listen_sockets(host, port)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    try:
+        for sock in socks:
+            await _SocketSite(runner, sock, runner.server).start()
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        await runner.cleanup()
+        raise
+    return runner, socks[0].getsockname()[1]

@@ -1,0 +1,168 @@
+"""The serving process's ports over real loopback: which addresses the HTTP side port answers on, and
+the bounds on what a client can make it hold (metric series, concurrent RPCs, connections, echoed
+names, repeated log lines). Every wait is on an answer or an event, with a generous deadline."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BackgroundLoop, make_config
+
+DEADLINE = 60.0  # s: generous, the machine is shared
+
+
+def ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def get(url: str, timeout: float = 10.0) -> tuple[int, str]:
+    """(status, body) of a GET; an HTTP error status is an answer too."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+class Serve:
+    """`pdscaler serve` as a child, on ephemeral ports read back from its start-up lines."""
+
+    HTTP_LINE = re.compile(r"explain and metrics on http://.+:(\d+)/explain")
+    GRPC_LINE = re.compile(r"KEDA external scaler on .+:(\d+) for graphs")
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        config = tmp_path / "pdscaler.yaml"
+        config.write_text(subprocess.run([sys.executable, "-m", "scaler", "config", "example"], capture_output=True,
+                                         text=True, check=True, timeout=60).stdout)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scaler", "serve", "--config", str(config), "--port", "0", "--http-port", "0",
+             "--prometheus-url", "http://127.0.0.1:1", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+        try:
+            self.http_port = int(self.wait_for(self.HTTP_LINE).group(1))
+            self.grpc_port = int(self.wait_for(self.GRPC_LINE).group(1))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self.cond:
+                self.lines.append(line)
+                self.cond.notify_all()
+        with self.cond:
+            self.lines.append("")  # EOF
+            self.cond.notify_all()
+
+    def wait_for(self, pattern: re.Pattern) -> re.Match:
+        deadline = time.monotonic() + DEADLINE
+        with self.cond:
+            while True:
+                for line in self.lines:
+                    if m := pattern.search(line):
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.lines and self.lines[-1] == ""):
+                    pytest.fail(f"serve: no line matching {pattern.pattern!r}:\n" + "".join(self.lines))
+                self.cond.wait(left)
+
+    def output(self) -> str:
+        with self.cond:
+            return "".join(self.lines)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def wait_healthz(url: str) -> str:
+    """Until `url`/healthz answers 200 (connection refused and 503 count as not yet)."""
+    deadline = time.monotonic() + DEADLINE
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            status, body = get(url + "/healthz", timeout=5)
+            if status == 200:
+                return body
+            last = f"{status} {body}"
+        except OSError as e:
+            last = repr(e)
+        time.sleep(0.2)
+    pytest.fail(f"{url}/healthz did not answer 200: {last}")
+
+
+# --------------------------------------------------------------------------- 1. both address families
+
+
+def test_default_serve_answers_healthz_and_explain_on_ipv4_and_ipv6_loopback(tmp_path):
+    serve = Serve(tmp_path)  # the defaults: --host [::], no --http-host
+    try:
+        assert wait_healthz(f"http://127.0.0.1:{serve.http_port}").startswith("ok")
+        r = subprocess.run([sys.executable, "-m", "scaler", "explain", "--server", f"http://127.0.0.1:{serve.http_port}",
+                            "--graph", "example"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "graph example" in r.stdout
+        if ipv6_loopback():
+            status, body = get(f"http://[::1]:{serve.http_port}/healthz")
+            assert status == 200 and body.startswith("ok")
+    finally:
+        serve.stop()
+    assert "every address, IPv4 and IPv6" in serve.output()
+
+
+def test_http_host_binds_that_address_alone():
+    from scaler.http_admin import start_http
+    from scaler.store import DecisionStore
+
+    bg = BackgroundLoop()
+    runner, port = bg.run(start_http(DecisionStore(), ["g1"], "127.0.0.1", 0))
+    try:
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        if ipv6_loopback():
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s, pytest.raises(ConnectionRefusedError):
+                s.settimeout(10)
+                s.connect(("::1", port))
+    finally:
+        bg.run(runner.cleanup())
+        bg.close()
+
+
+@pytest.mark.parametrize("host", [None, "::"])
+def test_all_addresses_in_process_is_one_port_for_both_families(host):
+    from scaler.http_admin import start_http
+    from scaler.store import DecisionStore
+
+    bg = BackgroundLoop()
+    runner, port = bg.run(start_http(DecisionStore(), ["g1"], host, 0))
+    try:
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        if ipv6_loopback():
+            assert get(f"http://[::1]:{port}/healthz")[0] == 200
+    finally:
+        bg.run(runner.cleanup())
+        bg.close()
