@@ -96,16 +96,21 @@ class ScalerMetrics:
         return page + self.extra() if self.extra is not None else page
 
 
+UNKNOWN_METHOD = "unknown"  # the method label of calls to methods the server does not have
+
+
 class _GrpcMetrics(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: ScalerMetrics) -> None:
         self.m = metrics
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        method = details.method.rsplit("/", 1)[-1]
         if handler is None:
-            self.m.grpc_requests.labels(method, grpc.StatusCode.UNIMPLEMENTED.name).inc()
+            # A method no service here has: one series for all of them, whatever the caller named
+            # (each name its own series would let any client grow /metrics without bound).
+            self.m.grpc_requests.labels(UNKNOWN_METHOD, grpc.StatusCode.UNIMPLEMENTED.name).inc()
             return handler
+        method = details.method.rsplit("/", 1)[-1]  # a registered method: a bounded set of names
         if handler.unary_unary is None:  # streams: counted when opened
             self.m.grpc_requests.labels(method, "STREAM").inc()
             return handler

@@ -166,3 +166,47 @@ def test_all_addresses_in_process_is_one_port_for_both_families(host):
     finally:
         bg.run(runner.cleanup())
         bg.close()
+
+
+# --------------------------------------------------------------------------- 2a. metric series
+
+
+def _samples(text: str, name: str) -> dict[tuple, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == name}
+
+
+def test_unknown_grpc_methods_share_one_metric_series():
+    import random
+    import string
+
+    import grpc
+
+    from scaler.http_admin import start_http
+    from scaler.metrics import ScalerMetrics
+    from scaler.server import start_server
+    from scaler.store import DecisionStore
+
+    config, store, metrics = make_config(), DecisionStore(), ScalerMetrics(parts=("server",))
+    bg = BackgroundLoop()
+    server = bg.run(start_server(config, store, 0, "127.0.0.1", None, [metrics.interceptor()]))
+    runner, http_port = bg.run(start_http(store, list(config.graphs), "127.0.0.1", 0, metrics))
+    rng = random.Random(7)
+    names = ["".join(rng.choices(string.ascii_letters, k=200)) for _ in range(6)]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            for i, name in enumerate(names):
+                path = f"/{name}.Svc/{name}" if i % 2 else f"/externalscaler.ExternalScaler/{name}"
+                with pytest.raises(grpc.RpcError) as e:
+                    ch.unary_unary(path)(b"", timeout=10)
+                assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        _, page = get(f"http://127.0.0.1:{http_port}/metrics")
+    finally:
+        bg.run(server.stop(grace=0))
+        bg.run(runner.cleanup())
+        bg.close()
+    series = _samples(page, "pdscaler_grpc_requests_total")
+    assert series == {(("code", "UNIMPLEMENTED"), ("method", "unknown")): float(len(names))}
+    assert not any(name in page for name in names)
