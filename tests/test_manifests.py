@@ -48,7 +48,7 @@ CRD_KINDS = {
     "TriggerAuthentication": "keda.sh/v1alpha1",
     "ServiceMonitor": "monitoring.coreos.com/v1",
     "Certificate": "cert-manager.io/v1",
-    "ClusterIssuer": "cert-manager.io/v1",
+    "Issuer": "cert-manager.io/v1",
 }
 
 # Exactly the API calls pdscaler's Kubernetes client makes (all reads; KEDA writes replicas), all in
@@ -83,7 +83,9 @@ HPA_BEHAVIOR = {
 }
 SCALER_ADDRESS = "pdscaler.pdscaler.svc.cluster.local:6000"
 TLS_DIR = "/etc/pdscaler/tls"
-TLS_ARGS = ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key", "--tls-client-ca", f"{TLS_DIR}/ca.crt"]
+TLS_ARGS = ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key", "--tls-client-ca", f"{TLS_DIR}/ca.crt",
+            "--tls-client-name", "keda-operator"]
+REFLECTOR = "reflector.v1.k8s.emberstack.com/"
 
 
 # --- building and looking up ----------------------------------------------------------------------
@@ -698,7 +700,7 @@ def test_tls_wiring(built):
     # One CA signs both ends: each side verifies the other against its own secret's ca.crt.
     assert server["spec"]["issuerRef"] == client["spec"]["issuerRef"]
     issuer = server["spec"]["issuerRef"]
-    ca_issuer = one(docs, issuer["kind"], issuer["name"])
+    ca_issuer = one(docs, issuer["kind"], issuer["name"], "pdscaler")
     ca_cert = [c for c in certs.values() if c["spec"]["secretName"] == ca_issuer["spec"]["ca"]["secretName"]]
     assert len(ca_cert) == 1 and ca_cert[0]["spec"]["isCA"] is True
 
@@ -720,9 +722,10 @@ def test_tls_wiring(built):
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
 
-    # KEDA reads its client certificate through a TriggerAuthentication beside the ScaledObjects.
+    # KEDA reads its client certificate through a TriggerAuthentication beside the ScaledObjects,
+    # from the copy Reflector keeps of the secret cert-manager issues in pdscaler.
     (ta,) = of_kind(docs, "TriggerAuthentication")
-    assert ta["metadata"]["namespace"] == client["metadata"]["namespace"] == "dynamo"
+    assert ta["metadata"]["namespace"] == "dynamo" and client["metadata"]["namespace"] == "pdscaler"
     refs = {r["parameter"]: (r["name"], r["key"]) for r in ta["spec"]["secretTargetRef"]}
     secret = client["spec"]["secretName"]
     assert refs == {"caCert": (secret, "ca.crt"), "tlsClientCert": (secret, "tls.crt"), "tlsClientKey": (secret, "tls.key")}
@@ -736,9 +739,63 @@ def test_tls_wiring(built):
 
 
 def test_tls_args_parse(built):
-    from scaler.cli import build_parser
+    from scaler.cli import build_parser, tls_client_names
 
     args = build_parser().parse_args(scaler_container(built["overlays/tls"])["args"])
     assert (args.command, args.config, args.port) == ("serve", "/etc/pdscaler/config.yaml", 6000)
     assert (args.tls_cert, args.tls_key, args.tls_client_ca) == (
         f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key", f"{TLS_DIR}/ca.crt")
+    assert tls_client_names(args) == ("keda-operator",)
+
+
+def test_tls_issuers_are_namespaced(built):
+    """No ClusterIssuer: one would sign a certificate for any namespace allowed to create a
+    Certificate, and every such certificate would pass the scaler's CA check. The CA, its Issuers
+    and every Certificate live in namespace pdscaler."""
+    docs = built["overlays/tls"]
+    assert not of_kind(docs, "ClusterIssuer")
+    issuers = of_kind(docs, "Issuer")
+    certs = of_kind(docs, "Certificate")
+    assert {i["metadata"]["name"] for i in issuers} == {"pdscaler-selfsigned", "pdscaler-ca"}
+    assert {c["metadata"]["name"] for c in certs} == {"pdscaler-ca", "pdscaler-server", "pdscaler-keda-client"}
+    for obj in issuers + certs:
+        assert obj["metadata"]["namespace"] == "pdscaler", obj["metadata"]["name"]
+    for cert in certs:
+        ref = cert["spec"]["issuerRef"]
+        assert (ref.get("group"), ref["kind"]) == ("cert-manager.io", "Issuer"), cert["metadata"]["name"]
+        one(docs, "Issuer", ref["name"], cert["metadata"]["namespace"])  # an Issuer of the same namespace
+    ca_issuer = one(docs, "Issuer", "pdscaler-ca", "pdscaler")
+    (ca,) = [c for c in certs if c["spec"]["secretName"] == ca_issuer["spec"]["ca"]["secretName"]]
+    assert ca["spec"]["isCA"] is True and ca["spec"]["issuerRef"]["name"] == "pdscaler-selfsigned"
+    # Only the client certificate's secret leaves pdscaler, and only to the TriggerAuthentication's namespace.
+    (ta,) = of_kind(docs, "TriggerAuthentication")
+    for cert in certs:
+        annotations = cert["spec"].get("secretTemplate", {}).get("annotations", {})
+        reflected = {k: v for k, v in annotations.items() if k.startswith(REFLECTOR)}
+        if cert["metadata"]["name"] != "pdscaler-keda-client":
+            assert reflected == {}, cert["metadata"]["name"]
+            continue
+        # Reflector's namespace lists are unanchored regular expressions (empty: every namespace).
+        only = f"^{re.escape(ta['metadata']['namespace'])}$"
+        assert reflected == {
+            REFLECTOR + "reflection-allowed": "true",
+            REFLECTOR + "reflection-allowed-namespaces": only,
+            REFLECTOR + "reflection-auto-enabled": "true",
+            REFLECTOR + "reflection-auto-namespaces": only,
+        }
+        assert re.search(only, "dynamo") and not re.search(only, "dynamo-test") and not re.search(only, "my-dynamo")
+
+
+def test_tls_client_name_is_kedas_certificate(built):
+    """The scaler admits exactly the name the overlay issues to KEDA, which is also serve's default."""
+    from scaler.cli import build_parser, tls_client_names
+    from scaler.server import DEFAULT_CLIENT_NAMES
+
+    docs = built["overlays/tls"]
+    client = one(docs, "Certificate", "pdscaler-keda-client", "pdscaler")
+    server = one(docs, "Certificate", "pdscaler-server", "pdscaler")
+    names = tls_client_names(build_parser().parse_args(scaler_container(docs)["args"]))
+    client_names = {client["spec"]["commonName"], *client["spec"].get("dnsNames", [])}
+    assert set(names) <= client_names and names == (client["spec"]["commonName"],) == DEFAULT_CLIENT_NAMES
+    # The server's own certificate is not a client name (it could not pass as KEDA).
+    assert not set(names) & {server["spec"]["commonName"], *server["spec"]["dnsNames"]}
