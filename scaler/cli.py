@@ -76,12 +76,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             print(f"pdscaler: {e}", file=sys.stderr)
             return 2
+    from scaler.server import GrpcLimits
+
+    grpc_limits = GrpcLimits(args.grpc_max_rpcs, args.grpc_max_streams_per_connection)
     return asyncio.run(_serve(config, args.host, args.port, args.http_port, tls, args.config, adjust,
-                              http_host=args.http_host))
+                              http_host=args.http_host, grpc_limits=grpc_limits))
 
 
 async def _serve(config, host: str, port: int, http_port: int | None = None, tls=None,
-                 config_path: str | None = None, adjust=None, http_host: str | None = None) -> int:
+                 config_path: str | None = None, adjust=None, http_host: str | None = None,
+                 grpc_limits=None) -> int:
     """Run the server until SIGINT/SIGTERM. With `config_path`, SIGHUP or a change of the file reloads
     it (`adjust` re-applies command-line overrides); an invalid file keeps the running config.
     `http_host` None: the HTTP port listens on every address, IPv4 and IPv6."""
@@ -110,7 +114,7 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     worker = DecisionWorker(config, store, clock)
     metrics.extra = worker.child_metrics  # the decision series, rendered in the decision process
     metrics.registry.register(AgeCollector(store, clock.now))
-    server = await start_server(config, store, port, host, tls, [metrics.interceptor()])
+    server = await start_server(config, store, port, host, tls, [metrics.interceptor()], grpc_limits)
     graphs = list(config.graphs)  # shared with the HTTP port; updated in place on reload
     http = None
     if http_port is not None and http_port >= 0:
@@ -251,6 +255,13 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pdscaler", description="Predictive KEDA external scaler for disaggregated LLM serving")
     p.add_argument("--version", action="version", version=f"pdscaler {__version__}")
@@ -266,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP port for /explain, /metrics and /healthz (default 9090; -1 = off)")
     s.add_argument("--http-host", default=None,
                    help="address the HTTP port binds (default: every address, IPv4 and IPv6; '::' too)")
+    s.add_argument("--grpc-max-rpcs", type=_non_negative, default=4096,
+                   help="gRPC RPCs in progress at once, streams included; more are answered RESOURCE_EXHAUSTED "
+                        "(default 4096; 0 = no limit)")
+    s.add_argument("--grpc-max-streams-per-connection", type=_non_negative, default=4096,
+                   help="HTTP/2 streams one gRPC connection may have open; a client wanting more waits (default 4096)")
     s.add_argument("--tls-cert", help="serve gRPC over TLS with this PEM certificate (needs --tls-key)")
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--tls-client-ca", help="require client certificates signed by this PEM CA (mTLS)")

@@ -271,6 +271,20 @@ class ClientIdentityInterceptor(grpc.aio.ServerInterceptor):
 
 
 @dataclass(frozen=True)
+class GrpcLimits:
+    """Bounds of the gRPC port (`pdscaler serve --grpc-max-rpcs`, `--grpc-max-streams-per-connection`).
+
+    `max_concurrent_rpcs`: RPCs in progress at once, streams included; one more is answered
+    RESOURCE_EXHAUSTED (0 = no limit). `max_streams_per_connection`: HTTP/2 streams one connection may
+    have open (the SETTINGS the server sends); a client wanting more waits for one to end. KEDA keeps one
+    StreamIsActive per ScaledObject open (external-push) and a GetMetrics and IsActive in flight per
+    poll: the defaults are about twice what 1,000 graphs x 2 roles need and ten times a few hundred."""
+
+    max_concurrent_rpcs: int = 4096
+    max_streams_per_connection: int = 4096
+
+
+@dataclass(frozen=True)
 class RunningServer:
     """A started gRPC server and its parts: the external-scaler servicer (its `config` is replaced on
     a config reload), the health servicer (turned NOT_SERVING when the decision loop is stuck) and
@@ -293,11 +307,16 @@ class RunningServer:
 
 async def start_server(
     config: ScalerConfig, store: DecisionStore, port: int, host: str = "[::]", tls: TlsFiles | None = None,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (), limits: GrpcLimits | None = None,
 ) -> RunningServer:
     """Start the gRPC server (external scaler + health) and return it with its servicers and bound port."""
     interceptors = [*interceptors, *(tls.interceptors() if tls else [])]  # identity check innermost
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors))
+    limits = limits or GrpcLimits()
+    options = [("grpc.so_reuseport", 0)]
+    if limits.max_streams_per_connection > 0:
+        options.append(("grpc.max_concurrent_streams", limits.max_streams_per_connection))
+    server = grpc.aio.server(options=options, interceptors=list(interceptors),
+                             maximum_concurrent_rpcs=limits.max_concurrent_rpcs or None)
     scaler = ExternalScaler(config, store)
     pb_grpc.add_ExternalScalerServicer_to_server(scaler, server)
     health_servicer = health.aio.HealthServicer()

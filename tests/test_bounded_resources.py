@@ -210,3 +210,107 @@ def test_unknown_grpc_methods_share_one_metric_series():
     series = _samples(page, "pdscaler_grpc_requests_total")
     assert series == {(("code", "UNIMPLEMENTED"), ("method", "unknown")): float(len(names))}
     assert not any(name in page for name in names)
+
+
+# --------------------------------------------------------------------------- 2b. concurrent RPCs
+
+
+def _ref(graph="g1", role="prefill"):
+    from scaler.rpc import externalscaler_pb2 as pb
+
+    return pb.ScaledObjectRef(name="so", namespace="ns", scalerMetadata={"graph": graph, "role": role})
+
+
+def _get_metrics(stub):
+    from scaler.rpc import externalscaler_pb2 as pb
+
+    return stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=_ref(), metricName="pdscaler-g1-prefill"), timeout=10)
+
+
+def _in_process_server(limits):
+    from scaler.server import start_server
+    from scaler.store import DecisionStore
+
+    bg = BackgroundLoop()
+    server = bg.run(start_server(make_config(), DecisionStore(), 0, "127.0.0.1", None, (), limits))
+    return bg, server
+
+
+def _own_connection(port: int):
+    import grpc
+
+    # a channel of its own (not the process-wide subchannel pool): its own HTTP/2 connection
+    return grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def test_rpcs_beyond_max_concurrent_rpcs_are_resource_exhausted():
+    import grpc
+
+    from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
+    from scaler.server import GrpcLimits
+
+    bg, server = _in_process_server(GrpcLimits(max_concurrent_rpcs=3, max_streams_per_connection=100))
+    try:
+        with _own_connection(server.port) as ch:
+            stub = pb_grpc.ExternalScalerStub(ch)
+            streams = [stub.StreamIsActive(_ref(), timeout=DEADLINE) for _ in range(3)]
+            for s in streams:
+                assert next(s).result is True  # open and answered: 3 RPCs in progress
+            with pytest.raises(grpc.RpcError) as e:
+                _get_metrics(stub)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            streams[0].cancel()
+            deadline = time.monotonic() + DEADLINE  # the cancel reaches the server in its own time
+            while True:
+                try:
+                    assert _get_metrics(stub).metricValues[0].metricValue == 1
+                    break
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert time.monotonic() < deadline, "a slot never came free"
+                    time.sleep(0.1)
+            for s in streams[1:]:
+                s.cancel()
+    finally:
+        bg.run(server.stop(grace=0))
+        bg.close()
+
+
+def test_streams_beyond_max_streams_per_connection_wait_for_one_to_end():
+    import grpc
+
+    from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
+    from scaler.server import GrpcLimits
+
+    bg, server = _in_process_server(GrpcLimits(max_concurrent_rpcs=100, max_streams_per_connection=2))
+    try:
+        with _own_connection(server.port) as ch, _own_connection(server.port) as other:
+            stub = pb_grpc.ExternalScalerStub(ch)
+            open_streams = [stub.StreamIsActive(_ref(), timeout=DEADLINE) for _ in range(2)]
+            for s in open_streams:
+                assert next(s).result is True
+            # The third stream on this connection is held by the client until one ends: its deadline passes
+            # unanswered. (Its deadline is short so the test is; a slow machine only makes it pass more surely.)
+            with pytest.raises(grpc.RpcError) as e:
+                next(stub.StreamIsActive(_ref(), timeout=2))
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # another connection has its own streams
+            assert _get_metrics(pb_grpc.ExternalScalerStub(other)).metricValues[0].metricValue == 1
+            open_streams[0].cancel()
+            waiting = stub.StreamIsActive(_ref(), timeout=DEADLINE)
+            assert next(waiting).result is True  # a stream ended: the next one goes
+            waiting.cancel()
+            open_streams[1].cancel()
+    finally:
+        bg.run(server.stop(grace=0))
+        bg.close()
+
+
+def test_serve_grpc_limits_come_from_the_command_line():
+    from scaler.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--config", "c.yaml"])
+    assert (args.grpc_max_rpcs, args.grpc_max_streams_per_connection) == (4096, 4096)
+    args = build_parser().parse_args(["serve", "--config", "c.yaml", "--grpc-max-rpcs", "10",
+                                      "--grpc-max-streams-per-connection", "5"])
+    assert (args.grpc_max_rpcs, args.grpc_max_streams_per_connection) == (10, 5)
