@@ -65,6 +65,7 @@ class _RoleRules:
     stabilisation: Stabilisation
     step_limit: StepLimit
     no_cascade: NoCascade
+    never_lower: missing_data.NeverLowerOnMissingData
     startup: StartupTracker
     target: int | None = None  # the last target computed (advised, in advisory mode)
     floor_only: bool = True  # every target so far was the floor held for want of data (adopt_replicas may replace it)
@@ -73,7 +74,7 @@ class _RoleRules:
     def of(cls, config: ScalerConfig, graph: GraphConfig, role: RoleConfig) -> "_RoleRules":
         return cls(need=Need(config.forecast), safety_net=SafetyNet(role.safety_net, graph), floors=Floors(),
                    stabilisation=Stabilisation(role.stabilisation), step_limit=StepLimit(role.max_step),
-                   no_cascade=NoCascade(role.no_cascade),
+                   no_cascade=NoCascade(role.no_cascade), never_lower=missing_data.NeverLowerOnMissingData(),
                    startup=StartupTracker(role.startup.warm, role.startup.cold, role.startup.learn))
 
 
@@ -191,7 +192,7 @@ class Engine:
             except MissingInput as e:
                 targets[role] = missing_data.held(role, ctx.config, r.target, Rule.MISSING_DATA, _missing(e, obs))
                 continue
-            for rule in (r.safety_net, r.floors, r.stabilisation, r.step_limit, r.no_cascade):
+            for rule in (r.safety_net, r.floors, r.stabilisation, r.step_limit, r.no_cascade, r.never_lower):
                 rule.apply(ctx, t)
             targets[role] = t
         apply_ratio(gcfg, targets)  # per graph, in order
@@ -245,7 +246,7 @@ class Engine:
             out[role] = RoleContext(
                 now=now, role=role, config=rcfg, graph=gcfg, profile=self._profiles[graph],
                 signals=obs.signals if obs else {}, role_signals=role_signals, forecast=forecast,
-                horizons=horizons, quantile=self.config.forecast.quantile, current=current,
+                horizons=horizons, quantile=self.config.forecast.quantile, current=current, previous=r.target,
                 warm_s=r.startup.warm_s, cold_s=r.startup.cold_s, has_warm_role=has_warm)
         return out
 

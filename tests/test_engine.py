@@ -13,10 +13,8 @@ from tests.conftest import make_config, reactive_config
 
 
 def obs(at, rate=10.0, isl=2000.0, osl=200.0, queued_tokens=0.0, kv_blocks=None, graph="g1", **extra):
-    roles = {"prefill": {"prefill_queued_tokens": queued_tokens}, "decode": {}}
+    roles = {"prefill": {"prefill_queued_tokens": queued_tokens}, "decode": {"kv_active_blocks": kv_blocks or 0.0}}
     signals = {"request_rate": rate, "isl_mean": isl, "osl_mean": osl, "kv_block_size": 16.0, **extra}
-    if kv_blocks is not None:
-        roles["decode"]["kv_active_blocks"] = kv_blocks
     return Observation(graph=graph, at=at, signals=signals, roles=roles)
 
 
@@ -105,7 +103,8 @@ def test_zero_traffic_without_isl_scales_to_floor(config):
     e = Engine(config)
     e.observe(obs(0, rate=100))
     e.decide(1)
-    e.observe(Observation(graph="g1", at=2, signals={"request_rate": 0.0}, roles={}))
+    e.observe(Observation(graph="g1", at=2, signals={"request_rate": 0.0, "kv_block_size": 16.0},
+                          roles={"prefill": {"prefill_queued_tokens": 0.0}, "decode": {"kv_active_blocks": 0.0}}))
     d = e.decide(3)
     assert d.replicas["prefill"] == 1
     assert d.reasons["prefill"].rule == Rule.MIN_REPLICAS

@@ -25,7 +25,9 @@ def config(roles=None, forecast=None, **graph) -> ScalerConfig:
 
 def obs(t, rate, ready=None, isl=2000.0, osl=100.0, **signals):
     ready = ready or {}
-    roles = {r: {"ready_workers": float(n)} for r, n in ready.items()}
+    roles = {"prefill": {"prefill_queued_tokens": 0.0}, "decode": {"kv_active_blocks": 0.0}}
+    for r, n in ready.items():
+        roles.setdefault(r, {})["ready_workers"] = float(n)
     return Observation("g", t, {"request_rate": rate, "isl_mean": isl, "osl_mean": osl, "kv_block_size": 16.0,
                                 **signals}, roles)
 
@@ -213,3 +215,50 @@ def test_safety_net_steps_again_only_after_its_replicas_served_a_cooldown():
     assert d.replicas["prefill"] == 6
     d, t = feed(e, [60.0] * 2, t0=t + 15, ready={"prefill": 6, "decode": 1}, ttft_p99=2.0)  # 165 s
     assert d.replicas["prefill"] == 9  # the second step, taken from the 6 ready
+
+
+def test_a_role_never_falls_while_an_input_it_may_be_lowered_on_is_missing():
+    """Prometheus keeps answering but stops returning one role's driving series: the queue of
+    prefill, the KV of decode. The target may still rise on what is there, never fall."""
+    from scaler.policy.rule import Rule
+
+    e = Engine(config(forecast={"enabled": False}))
+    d, t = feed(e, [160.0] * 3, ready={"prefill": 10, "decode": 1})
+    high = d.replicas["prefill"]
+    assert high == 10 and d.roles["prefill"].reason.rule == Rule.CAPACITY
+
+    def without(t, rate, role, signal):
+        o = obs(t, rate, {"prefill": 10, "decode": 1})
+        o.roles[role].pop(signal)
+        return o
+
+    e.observe(without(t + 400, 16.0, "prefill", "prefill_queued_tokens"))  # past the scale-down window
+    d = e.decide(t + 401)
+    rd = d.roles["prefill"]
+    assert d.replicas["prefill"] == high and rd.reason.rule == Rule.MISSING_DATA
+    assert "prefill_queued_tokens" in rd.reason.message and "never scale down" in rd.reason.message
+    e.observe(without(t + 415, 400.0, "prefill", "prefill_queued_tokens"))  # a rise still goes through
+    d = e.decide(t + 416)
+    assert d.replicas["prefill"] > high and any("may rise, not fall" in s for s in d.roles["prefill"].steps)
+    e.observe(obs(t + 800, 16.0, {"prefill": 10, "decode": 1}))  # the series is back: the fall is allowed
+    d = e.decide(t + 801)
+    assert d.replicas["prefill"] < high
+
+
+def test_decode_never_falls_on_its_token_rate_alone_when_the_kv_series_are_gone():
+    from scaler.policy.rule import Rule
+
+    e = Engine(config(forecast={"enabled": False}))
+    for i in range(3):
+        o = obs(i * 15.0, 100.0, {"decode": 5}, osl=100.0)
+        o.roles["decode"]["kv_active_blocks"] = 4 * 896_000 / 16  # 4 replicas' worth of KV in use
+        e.observe(o)
+        d = e.decide(i * 15.0 + 1)
+    held = d.replicas["decode"]
+    assert held >= 5
+    o = obs(400.0, 100.0, {"decode": 5}, osl=100.0)
+    o.roles["decode"].pop("kv_active_blocks")  # kvstats gone; the token rate alone would need 2
+    e.observe(o)
+    d = e.decide(401.0)
+    assert d.replicas["decode"] == held and d.roles["decode"].reason.rule == Rule.MISSING_DATA
+    assert "KV in use" in d.roles["decode"].reason.message

@@ -31,7 +31,7 @@ def ctx(g: GraphConfig, role: str = "prefill", now: float = 1000.0, current: int
         role_signals=None, warm_s: float = 90.0, cold_s: float = 390.0, has_warm: bool = False) -> RoleContext:
     return RoleContext(now=now, role=role, config=g.roles[role], graph=g, profile=g.capacity_profile(),
                        signals=signals or {}, role_signals=role_signals or {}, forecast=None, horizons=HORIZONS,
-                       quantile=0.9, current=current, warm_s=warm_s, cold_s=cold_s, has_warm_role=has_warm)
+                       quantile=0.9, current=current, previous=current, warm_s=warm_s, cold_s=cold_s, has_warm_role=has_warm)
 
 
 def target(value: int, role: str = "prefill", kind: str = "prefill", figures=None, needs=None) -> Target:

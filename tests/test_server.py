@@ -61,7 +61,8 @@ def test_get_metrics_returns_the_role_target(served):
 
 def test_answers_follow_published_decisions(served):
     stub, store, engine, _ = served
-    engine.observe(Observation("g1", 2, {"request_rate": 10, "isl_mean": 2000}, {}))
+    engine.observe(Observation("g1", 2, {"request_rate": 10, "isl_mean": 2000},
+                               {"prefill": {"prefill_queued_tokens": 0.0}}))
     store.publish(engine.decide_all(3))
     r = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(), metricName="x"))
     assert r.metricValues[0].metricValueFloat == 1.0

@@ -35,6 +35,7 @@ class RoleContext:
     horizons: np.ndarray  # forecast horizons, seconds from now
     quantile: float  # the forecast quantile decisions size on
     current: int  # the replicas the role stands at: the last target, else the cluster's count
+    previous: int | None  # the last target (None before the first decision)
     warm_s: float  # start-up times in use (learned when enabled)
     cold_s: float
     has_warm_role: bool  # the graph keeps balloon pods: nodes are warm within the warm start-up time

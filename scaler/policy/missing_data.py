@@ -4,13 +4,17 @@ Three causes, three rule names: no observation yet (`no-data`), the last one too
 or the inputs a role's capacity rule needs absent from it (`missing-data`, naming them). A held
 target is marked so: no later rule lowers it, and the warm role holds while a serving role does
 (its placeholders cover forecasts the held role does not have).
+
+A role is sized on whatever inputs it has, but its target may only be LOWERED when every input of
+`LOWER_ON` is there: prefill needs the arrivals and the queue, decode the KV in use and the decode
+token rate. Without one (a series Prometheus stopped returning), the target may rise, never fall.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
-from scaler.policy.context import Target
+from scaler.policy.context import RoleContext, Target
 from scaler.policy.rule import Rule
 
 if TYPE_CHECKING:
@@ -49,3 +53,53 @@ def held(role: str, config: "RoleConfig", previous: int | None, rule: Rule, why:
     t = Target(role, config.kind, n, rule, f"{why}; {what}", held=True)
     t.note(rule, t.message)
     return t
+
+
+# The inputs a role's target may be LOWERED on, per role kind: each entry is satisfied by any one of
+# its alternatives (all names of an alternative present). Without one of them a target may still
+# rise on what is there, but never fall (`missing-data`, naming what is missing).
+LOWER_ON: dict[str, tuple[tuple[str, tuple[tuple[str, ...], ...]], ...]] = {
+    "prefill": (
+        ("arrivals", (("request_rate", "prefill_tokens_per_s"), ("request_rate", "isl_mean"))),
+        ("queue", (("prefill_queued_tokens",),)),
+    ),
+    "decode": (
+        ("KV in use", (("kv_active_blocks", "kv_block_size"), ("kv_usage", "ready_workers"))),
+        ("decode tokens/s", (("request_rate", "decode_tokens_per_s"), ("request_rate", "osl_mean"))),
+    ),
+}
+
+
+def missing_for_lowering(kind: str, graph: Mapping[str, float], role: Mapping[str, float]) -> list[str]:
+    """The inputs of LOWER_ON[kind] the observation lacks, as readable names. With no traffic
+    (request_rate 0) the mean lengths are 0/0 and not needed."""
+    values = {**graph, **role}
+    idle = values.get("request_rate") == 0
+    out = []
+    for what, alternatives in LOWER_ON[kind]:
+        def present(names: tuple[str, ...]) -> bool:
+            return all(n in values or (idle and n in _LENGTHS_AND_RATES) for n in names)
+
+        if not any(present(a) for a in alternatives):
+            out.append(f"{what} ({' or '.join('+'.join(a) for a in alternatives)})")
+    return out
+
+
+_LENGTHS_AND_RATES = frozenset({"isl_mean", "osl_mean", "prefill_tokens_per_s", "decode_tokens_per_s"})
+
+
+class NeverLowerOnMissingData:
+    """The last per-role rule: where an input the target may be lowered on is missing, the target
+    holds at the last target (a rise on the inputs there are still goes through; before the first
+    decision there is nothing to hold, and adopted replicas count as the last target)."""
+
+    def apply(self, ctx: RoleContext, t: Target) -> None:
+        missing = missing_for_lowering(ctx.kind, ctx.signals, ctx.role_signals)
+        if not missing:
+            return
+        why = "missing " + ", ".join(missing)
+        if ctx.previous is not None and t.value < ctx.previous:
+            t.bind(ctx.previous, Rule.MISSING_DATA, f"{why}: holding {ctx.previous} (never scale down on missing data)")
+            t.held = True
+        else:
+            t.note(Rule.MISSING_DATA, f"{why}: may rise, not fall")
