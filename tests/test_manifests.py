@@ -17,6 +17,7 @@ Skipped when kubectl (with its built-in kustomize) is not installed.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -82,6 +83,8 @@ HPA_BEHAVIOR = {
     },
 }
 SCALER_ADDRESS = "pdscaler.pdscaler.svc.cluster.local:6000"
+IMAGE_NAME = "ghcr.io/pdscaler/pdscaler"
+IMAGE = f"{IMAGE_NAME}:0.1.0"
 TLS_DIR = "/etc/pdscaler/tls"
 TLS_ARGS = ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key", "--tls-client-ca", f"{TLS_DIR}/ca.crt",
             "--tls-client-name", "keda-operator"]
@@ -371,7 +374,7 @@ def test_scaler_deployment_shape(built, name):
     c = scaler_container(built[name])
     assert spec["replicas"] == 2
     assert selects(spec["selector"], deployment["spec"]["template"]["metadata"]["labels"])
-    assert c["image"] == "ghcr.io/pdscaler/pdscaler:0.1.0"
+    assert c["image"] == IMAGE
     assert c["args"][:7] == ["serve", "--config", "/etc/pdscaler/config.yaml", "--port", "6000", "--http-port", "9090"]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": 6000, "http": 9090}
     res = c["resources"]
@@ -388,6 +391,35 @@ def test_scaler_deployment_shape(built, name):
     assert sources[0]["configMap"]["name"].startswith("pdscaler-config")
     configmaps = {d["metadata"]["name"] for d in of_kind(built[name], "ConfigMap")}
     assert sources[0]["configMap"]["name"] in configmaps
+
+
+def test_image_is_set_in_one_place(built):
+    """pdscaler's image is named once, in the base Deployment: no overlay overrides it (no `images:`,
+    no patch), so a kustomize `images:` entry in your own overlay is the one change that retags it."""
+    mentions = [f.relative_to(MANIFESTS).as_posix() for f in MANIFESTS.rglob("*.yaml")
+                if IMAGE_NAME in f.read_text()]
+    assert mentions == ["base/deployment.yaml"]
+    for kustomization in MANIFESTS.rglob("kustomization.yaml"):
+        assert "images" not in (yaml.safe_load(kustomization.read_text()) or {}), kustomization
+    for name in OVERLAYS:
+        assert scaler_container(built[name])["image"] == IMAGE, name
+
+
+def test_digest_pinning_as_the_readme_shows(tmp_path):
+    """README, "Pin the image by digest": an overlay of the tls overlay with `images:` and `digest:`
+    replaces the tag with the digest in the scaler's Deployment and touches no other image."""
+    digest = "sha256:" + "0123456789abcdef" * 4
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(MANIFESTS / "overlays/tls", tmp_path)],
+        "images": [{"name": IMAGE_NAME, "newName": "myregistry.azurecr.io/pdscaler", "digest": digest}],
+    }))
+    docs = kustomize(tmp_path)
+    assert scaler_container(docs)["image"] == f"myregistry.azurecr.io/pdscaler@{digest}"
+    warm = one(docs, "Deployment", "pdscaler-warm-capacity", "dynamo")
+    assert [c["image"] for c in warm["spec"]["template"]["spec"]["containers"]] == ["registry.k8s.io/pause:3.10"]
+    readme = (REPO / "README.md").read_text()
+    assert f"name: {IMAGE_NAME}" in readme and "digest: sha256:" in readme
 
 
 @pytest.mark.parametrize("name", ["base", "overlays/dynamo-disagg"])
