@@ -1,16 +1,20 @@
-"""Shared test helpers: configs, and a real gRPC server on loopback in a background event loop."""
+"""Shared test helpers: configs, a real gRPC server on loopback in a background event loop, and
+`pdscaler serve` / `pdscaler emulate` child processes (scaler/testbench/processes.py) whose output is
+printed with the report of a test that fails while they run (or that started them)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 import pytest
 
 from scaler.config import ScalerConfig, example_config_text, parse_config
 from scaler.store import DecisionStore
+from scaler.testbench import processes
 
 
 def make_config(**overrides) -> ScalerConfig:
@@ -82,3 +86,64 @@ def grpc_server(config: ScalerConfig, store: DecisionStore):
         channel.close()
         bg.run(server.stop(grace=0))
         bg.close()
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def example_config_file(path: Path, edit=None) -> Path:
+    """What `pdscaler config example` prints, written to `path` (through `edit(dict) -> dict`, if given)."""
+    text = example_config_text()
+    if edit is not None:
+        import yaml
+
+        text = yaml.safe_dump(edit(yaml.safe_load(text)), sort_keys=False)
+    path.write_text(text)
+    return path
+
+
+def metric_total(url: str, name: str) -> float:
+    """The sum of a metric's samples (every label set) on a /metrics page (0 when absent)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name)
+
+
+@pytest.fixture
+def serve():
+    """Start `pdscaler serve` (processes.serve_process arguments); stopped at the end of the test."""
+    started: list[processes.ManagedProcess] = []
+
+    def start(config, *, wait: bool = True, **kw) -> processes.ScalerProcess:
+        p = processes.serve_process(config, **kw)
+        started.append(p)
+        return p.start(wait=wait)
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+_MARK = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_MARK] = processes.ManagedProcess.mark()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report shows the output of the child processes it started or that still run."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    mark = item.stash.get(_MARK, 0)
+    shown = {id(p): p for p in processes.started_since(mark) + processes.running()}
+    for p in shown.values():
+        report.sections.append((f"output of {p.name} (pid {p.proc.pid}, exit code {p.poll()})", p.tail(200)))
