@@ -34,11 +34,17 @@ def value_for(query: str, demand: float) -> str:
 
 
 class FakePrometheus:
-    """`mode`: ok | slow | empty | nan | inf | negative | http500. `queries` counts the requests."""
+    """`mode`: ok | slow | empty | nan | inf | negative | http500 | hang. `queries` counts the requests.
+
+    hang: every request is held open, unanswered, until `close()`; `holding` counts the requests
+    held right now and `held` is set once one is (an event to wait on: the client is blocked)."""
 
     def __init__(self) -> None:
         self.mode, self.demand, self.queries = "ok", 200_000.0, 0
         self.seen: list[str] = []
+        self.held, self.released = threading.Event(), threading.Event()
+        self.holding = 0
+        lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,6 +56,14 @@ class FakePrometheus:
                 q = params.get("query", [""])[0]
                 fake.seen.append(q)
                 mode = fake.mode
+                if mode == "hang":
+                    with lock:
+                        fake.holding += 1
+                    fake.held.set()
+                    fake.released.wait()
+                    with lock:
+                        fake.holding -= 1
+                    return  # closed without an answer
                 if mode == "slow":
                     time.sleep(1.5)
                 if mode == "http500":
@@ -85,8 +99,9 @@ class FakePrometheus:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from scaler.config import ConfigError, parse_config, parse_duration
+from scaler.testbench.processes import ProcessFailed, serve_process
 
 
 def test_example_config_is_valid_and_names_graph_example(example_config):
@@ -51,9 +52,10 @@ def test_not_yaml_and_not_a_mapping():
 def test_cli_rejects_invalid_config_with_nonzero_exit(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("graphs: {g: {roles: {p: {kind: prefill, max_replicas: -1}}}}\n")
-    r = subprocess.run([sys.executable, "-m", "scaler", "serve", "--config", str(bad)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2
-    assert "graphs.g.roles.p.max_replicas" in r.stderr and "-1" in r.stderr
+    with pytest.raises(ProcessFailed) as r:
+        serve_process(bad).start()
+    assert r.value.returncode == 2
+    assert "graphs.g.roles.p.max_replicas" in r.value.output and "-1" in r.value.output
 
 
 def test_cli_config_example_round_trips(tmp_path):

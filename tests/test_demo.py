@@ -2,8 +2,6 @@
 and the scaler's gRPC port answers a KEDA-protocol client while the demo runs."""
 
 import re
-import socket
-import subprocess
 import sys
 import time
 
@@ -11,21 +9,13 @@ import grpc
 
 from scaler.rpc import externalscaler_pb2 as pb
 from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from scaler.testbench.processes import ManagedProcess, free_port
 
 
 def test_headless_demo_scales_up_under_a_burst():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scaler", "demo", "--no-ui", "--duration", "20", "--speedup", "30",
-         "--grpc-port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    port = free_port()  # the demo's gRPC port, named before it starts
+    proc = ManagedProcess([sys.executable, "-m", "scaler", "demo", "--no-ui", "--duration", "20", "--speedup", "30",
+                           "--grpc-port", str(port)], name="pdscaler demo").start()
     targets = []
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -39,12 +29,12 @@ def test_headless_demo_scales_up_under_a_burst():
                 targets.append(r.metricValues[0].metricValueFloat)
             except grpc.RpcError:
                 break  # the demo ended and closed its port
-            time.sleep(0.25)
+            time.sleep(0.25)  # KEDA-like sampling of the target while the demo runs
         channel.close()
-        out = proc.communicate(timeout=60)[0]
+        proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.stop()
+    out = proc.output()
     assert proc.returncode == 0, out
     assert "\x1b[" not in out  # --no-ui: no terminal control codes
     desired = [int(m) for m in re.findall(r"prefill target=\d+ desired=(\d+)", out)]

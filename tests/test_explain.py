@@ -1,46 +1,21 @@
 """`pdscaler explain` against a real `pdscaler serve` process (gRPC + HTTP side port on loopback)."""
 
 import json
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from scaler.testbench.processes import free_port, serve_process
+from tests.conftest import example_config_file
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    cfg = tmp_path_factory.mktemp("explain") / "c.yaml"
-    cfg.write_text(subprocess.run([sys.executable, "-m", "scaler", "config", "example"], capture_output=True,
-                                  text=True, check=True).stdout)
-    grpc_port, http_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scaler", "serve", "--config", str(cfg), "--port", str(grpc_port), "--host", "127.0.0.1",
-         "--http-port", str(http_port), "--prometheus-url", "http://127.0.0.1:1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=1).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("serve did not come up: " + proc.communicate()[0])
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.communicate(timeout=10)
+    cfg = example_config_file(tmp_path_factory.mktemp("explain") / "c.yaml")
+    with serve_process(cfg, prometheus_url="http://127.0.0.1:1") as proc:
+        proc.wait_healthy(30)
+        yield proc.http_url
 
 
 def explain(*args):

@@ -4,25 +4,21 @@ in what `pdscaler serve` prints, even at debug level and while both endpoints fa
 from __future__ import annotations
 
 import json
-import socket
+import re
 import subprocess
 import sys
-import time
 
 import yaml
+
+from scaler.testbench.processes import free_port, wait_until
+from tests.conftest import metric_total
 
 SECRET_PASSWORD = "pw-3f9c2b7e"
 SECRET_TOKEN = "tok-8d1a6c4f0b"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_serve_logs_no_credentials(tmp_path):
-    dead = _free_port()  # nothing listens: every request fails and is logged
+def test_serve_logs_no_credentials(tmp_path, serve):
+    dead = free_port()  # nothing listens: every request fails and is logged
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "c",
@@ -39,16 +35,15 @@ def test_serve_logs_no_credentials(tmp_path):
         role.pop("scale_target", None)
     cfg = tmp_path / "pdscaler.yaml"
     cfg.write_text(yaml.safe_dump(example))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scaler", "--log-level", "debug", "serve", "--config", str(cfg), "--host", "127.0.0.1",
-         "--port", str(_free_port()), "--http-port", "0",
-         "--prometheus-url", f"http://admin:{SECRET_PASSWORD}@127.0.0.1:{dead}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        time.sleep(6)  # several polls and cluster reads, all failing
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=15)[0]
+    proc = serve(cfg, log_level="debug", prometheus_url=f"http://admin:{SECRET_PASSWORD}@127.0.0.1:{dead}")
+    # Both failures logged, then several polls (and cluster reads, on the same 1 s cadence), all failing.
+    for failure in ("prometheus unreachable", "GET /apis/", "connection refused or unreachable"):
+        proc.wait_for_output(re.escape(failure), 60)
+    polls = metric_total(proc.http_url + "/metrics", "pdscaler_polls_total")
+    wait_until(lambda: metric_total(proc.http_url + "/metrics", "pdscaler_polls_total") >= polls + 3, 60,
+               "three more polls")
+    proc.stop()
+    out = proc.output()
     assert "prometheus unreachable" in out, out[-2000:]  # the failures were logged...
     assert "GET /apis/" in out and "connection refused or unreachable" in out, out[-2000:]
     assert SECRET_PASSWORD not in out

@@ -1,9 +1,6 @@
 """The KEDA external-scaler contract over a real gRPC server on loopback."""
 
-import subprocess
-import sys
 import threading
-import time
 
 import grpc
 import pytest
@@ -14,7 +11,8 @@ from scaler.observation import Observation
 from scaler.rpc import externalscaler_pb2 as pb
 from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
 from scaler.store import DecisionStore
-from tests.conftest import grpc_server, reactive_config
+from tests.conftest import example_config_file, grpc_server, reactive_config
+from tests.fake_prometheus import FakePrometheus
 
 
 @pytest.fixture
@@ -145,34 +143,35 @@ def test_health_service(served):
         assert h.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_serve_answers_at_once_with_the_floor_when_prometheus_is_unreachable(tmp_path):
-    """`pdscaler serve` with the example config and a dead Prometheus: floor answers, not waits."""
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(subprocess.run([sys.executable, "-m", "scaler", "config", "example"], capture_output=True, text=True).stdout)
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scaler", "serve", "--config", str(cfg), "--port", str(port), "--host", "127.0.0.1",
-         "--prometheus-url", "http://127.0.0.1:1", "--http-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+def test_serve_answers_at_once_with_the_floor_when_prometheus_hangs_or_is_unreachable(tmp_path, serve):
+    """`pdscaler serve` with the example config: floor answers, not waits, while its decision loop is
+    blocked on a Prometheus query that hangs, and once Prometheus is unreachable."""
+    prom = FakePrometheus()
+    prom.mode = "hang"
+    cfg = example_config_file(tmp_path / "c.yaml",
+                              edit=lambda d: {**d, "source": {**d["source"], "timeout": "600s"}})  # blocked for long
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        proc = serve(cfg, prometheus_url=prom.url)
+        channel = grpc.insecure_channel(proc.grpc_address)
         grpc.channel_ready_future(channel).result(timeout=30)
         stub = pb_grpc.ExternalScalerStub(channel)
         r = ref(graph="example", role="decode", namespace="dynamo")
-        # Every answer within 100 ms: one that waited on Prometheus (2 s timeout) would miss it.
-        stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=r, metricName="x"), timeout=1.0)  # connection set up
+        assert prom.held.wait(60), "the decision loop never queried Prometheus"
         for _ in range(20):
-            t0 = time.perf_counter()
-            out = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=r, metricName="x"), timeout=0.1)
-            assert time.perf_counter() - t0 < 0.1
+            out = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=r, metricName="x"), timeout=10)
             assert out.metricValues[0].metricValueFloat == 1.0  # the example's floor
+        # Every answer came while the loop's query was held open (the source waits up to 600 s for it):
+        # none of them waited on the decision loop.
+        assert prom.holding >= 1 and not prom.released.is_set()
+        since = proc.lines
+        prom.close()  # the held query fails, and Prometheus is gone from now on
+        proc.wait_for_output("prometheus unreachable", 60, since=since)
+        for _ in range(5):
+            out = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=r, metricName="x"), timeout=10)
+            assert out.metricValues[0].metricValueFloat == 1.0
         channel.close()
+        proc.stop()
     finally:
-        proc.terminate()
-        output = proc.communicate(timeout=10)[0]
+        prom.close()
+    output = proc.output()
     assert "prometheus unreachable" in output, output  # the reason says why it holds
