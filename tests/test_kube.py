@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -42,11 +41,15 @@ def load(name: str) -> dict:
 
 
 class FakeApiServer:
-    """Serves PATHS; `faults[path] = 403 | 404 | "hang"` changes one answer. Records every request."""
+    """Serves PATHS; `faults[path] = 403 | 404 | "hang"` changes one answer. Records every request.
+    A "hang" holds the request open, unanswered, until close(); `holding` counts those held now."""
 
     def __init__(self) -> None:
         self.faults: dict[str, object] = {}
         self.requests: list[tuple[str, str]] = []
+        self.released = threading.Event()
+        self.holding = 0
+        lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,7 +61,11 @@ class FakeApiServer:
                 path = self.path.split("?")[0]
                 fault = fake.faults.get(path)
                 if fault == "hang":
-                    time.sleep(1.5)
+                    with lock:
+                        fake.holding += 1
+                    fake.released.wait()
+                    with lock:
+                        fake.holding -= 1
                     return
                 if self.command != "GET":
                     code, body = 405, {"kind": "Status", "code": 405}
@@ -84,9 +91,10 @@ class FakeApiServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -194,11 +202,13 @@ def test_watcher_reads_replicas_ready_and_rollout(api_server):
 
 @pytest.mark.parametrize("fault, expect", [(403, "403 forbidden"), (404, "404 not found"), ("hang", "timed out after 0.5s")])
 def test_watcher_reports_api_faults_per_role(api_server, fault, expect):
-    api_server.faults[f"{NS}/dynamographdeploymentscalingadapters/vllm-disagg-vllmdecodeworker/scale"] = fault
+    path = f"{NS}/dynamographdeploymentscalingadapters/vllm-disagg-vllmdecodeworker/scale"
+    api_server.faults[path] = fault
     w = watcher(api_server)
-    t0 = time.monotonic()
     reading = w.read_graph("vllm-disagg", 1000.0)
-    assert time.monotonic() - t0 < 1.4  # the timeout bounds the read; no retries pile up
+    if fault == "hang":  # the timeout bounds the read: it returned while the server still holds the request
+        assert api_server.holding == 1
+    assert [p for _, p in api_server.requests if p.split("?")[0] == path] == [path]  # no retries pile up
     assert "decode" not in reading.roles and "prefill" in reading.roles and "warm" in reading.roles
     assert any(e.startswith("decode: GET ") and expect in e for e in reading.errors), reading.errors
 
