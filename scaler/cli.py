@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -76,16 +77,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             print(f"pdscaler: {e}", file=sys.stderr)
             return 2
-    from scaler.server import GrpcLimits
+    from scaler.http_admin import HttpLimits
+    from scaler.server import GrpcLimits, RepeatedLinesFilter
 
     grpc_limits = GrpcLimits(args.grpc_max_rpcs, args.grpc_max_streams_per_connection)
-    return asyncio.run(_serve(config, args.host, args.port, args.http_port, tls, args.config, adjust,
-                              http_host=args.http_host, grpc_limits=grpc_limits))
+    http_limits = HttpLimits(max_connections=args.http_max_connections, idle_timeout=args.http_idle_timeout)
+    fds = _raise_file_limit()
+    if fds is not None and http_limits.max_connections > fds // 4:
+        # the HTTP port must never take the descriptors the gRPC port (and the worker) need
+        log.warning("--http-max-connections %d lowered to %d: a quarter of the %d open files allowed",
+                    http_limits.max_connections, max(1, fds // 4), fds)
+        http_limits = dataclasses.replace(http_limits, max_connections=max(1, fds // 4))
+    repeats = RepeatedLinesFilter()  # a flood of identical lines: one a minute, with its count
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(repeats)
+    try:
+        return asyncio.run(_serve(config, args.host, args.port, args.http_port, tls, args.config, adjust,
+                                  http_host=args.http_host, grpc_limits=grpc_limits, http_limits=http_limits))
+    finally:
+        for handler in handlers:
+            handler.removeFilter(repeats)
 
 
 async def _serve(config, host: str, port: int, http_port: int | None = None, tls=None,
                  config_path: str | None = None, adjust=None, http_host: str | None = None,
-                 grpc_limits=None) -> int:
+                 grpc_limits=None, http_limits=None) -> int:
     """Run the server until SIGINT/SIGTERM. With `config_path`, SIGHUP or a change of the file reloads
     it (`adjust` re-applies command-line overrides); an invalid file keeps the running config.
     `http_host` None: the HTTP port listens on every address, IPv4 and IPv6."""
@@ -120,7 +137,8 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     if http_port is not None and http_port >= 0:
         from scaler.http_admin import ALL_ADDRESSES, start_http
 
-        http, http_bound = await start_http(store, graphs, http_host, http_port, metrics, health=worker.healthy)
+        http, http_bound = await start_http(store, graphs, http_host, http_port, metrics, health=worker.healthy,
+                                            limits=http_limits)
         shown = "[::]" if http_host in ALL_ADDRESSES else f"[{http_host.strip('[]')}]" if ":" in http_host else http_host
         print(f"pdscaler {__version__}: explain and metrics on http://{shown}:{http_bound}/explain, /metrics"
               + (" (every address, IPv4 and IPv6)" if http_host in ALL_ADDRESSES else ""), flush=True)
@@ -255,6 +273,38 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raise_file_limit(want: int = 65536) -> int | None:
+    """Raise this process's soft limit on open files towards the hard one (at most `want`); returns the
+    soft limit in force (None where there is no such limit)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(hard, want)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _positive_float(text: str) -> float:
+    x = float(text)
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return x
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
+
+
 def _non_negative(text: str) -> int:
     n = int(text)
     if n < 0:
@@ -277,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP port for /explain, /metrics and /healthz (default 9090; -1 = off)")
     s.add_argument("--http-host", default=None,
                    help="address the HTTP port binds (default: every address, IPv4 and IPv6; '::' too)")
+    s.add_argument("--http-max-connections", type=_positive, default=256,
+                   help="HTTP connections open at once; one more closes the oldest idle one, or is answered 503 "
+                        "when all are busy (default 256)")
+    s.add_argument("--http-idle-timeout", type=_positive_float, default=15.0,
+                   help="seconds an HTTP connection may stay without a complete request, or idle after an answer, "
+                        "before it is closed (default 15)")
     s.add_argument("--grpc-max-rpcs", type=_non_negative, default=4096,
                    help="gRPC RPCs in progress at once, streams included; more are answered RESOURCE_EXHAUSTED "
                         "(default 4096; 0 = no limit)")

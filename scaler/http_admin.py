@@ -8,8 +8,12 @@ waits on Prometheus, a model fit or the Kubernetes API.
     GET /explain                      all graphs
 Unknown graph -> 404 naming the configured graphs; no decision yet -> 503.
 
-By default the port listens on every address of both families (one dual-stack socket), so that
-`http://127.0.0.1:9090` and `http://[::1]:9090` both answer.
+Bounded (HttpLimits): by default the port listens on every address of both families (one dual-stack
+socket); at most `max_connections` connections are open at once (a new one beyond closes the oldest
+idle connection, or is answered 503 when every one is busy), so a flood of half-open connections
+neither runs the process out of file descriptors (the gRPC port shares them) nor keeps probes out;
+a connection that sends no complete request within `idle_timeout` seconds, or stays idle that long
+after an answer, is closed; a handler that runs longer than `handler_timeout` is answered 504.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import socket
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from aiohttp import web
@@ -29,17 +35,35 @@ from scaler.store import DecisionStore
 if TYPE_CHECKING:
     from scaler.metrics import ScalerMetrics
 
+log = logging.getLogger("pdscaler.http")
+
 ALL_ADDRESSES = (None, "", "*", "::", "[::]")  # hosts meaning every address of both families
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """Bounds of the HTTP side port (`pdscaler serve --http-max-connections`, `--http-idle-timeout`)."""
+
+    max_connections: int = 256
+    idle_timeout: float = 15.0
+    handler_timeout: float = 30.0
+
 
 STORE_KEY = web.AppKey("store", DecisionStore)
 GRAPHS_KEY = web.AppKey("graphs", list)
 METRICS_KEY = web.AppKey("metrics", object)
 HEALTH_KEY = web.AppKey("health", object)
+BUSY_KEY = web.AppKey("busy", set)
+LIMITS_KEY = web.AppKey("limits", HttpLimits)
+CAP_KEY = web.AppKey("connection_cap", object)  # the _ConnectionCap of start_http
 
 
 def build_app(store: DecisionStore, graphs: list[str], metrics: "ScalerMetrics | None" = None,
-              health: "Callable[[], tuple[bool, str]] | None" = None) -> web.Application:
-    app = web.Application()
+              health: "Callable[[], tuple[bool, str]] | None" = None,
+              limits: HttpLimits | None = None) -> web.Application:
+    app = web.Application(middlewares=[_track_and_time])
+    app[LIMITS_KEY] = limits or HttpLimits()
+    app[BUSY_KEY] = set()  # the connections (aiohttp protocols) with a request in progress
     app[STORE_KEY] = store
     app[GRAPHS_KEY] = graphs  # the caller's list: a config reload updates it in place
     app[HEALTH_KEY] = health or (lambda: (True, "ok"))
@@ -49,6 +73,19 @@ def build_app(store: DecisionStore, graphs: list[str], metrics: "ScalerMetrics |
         app[METRICS_KEY] = metrics
         app.router.add_get("/metrics", metrics_page)
     return app
+
+
+@web.middleware
+async def _track_and_time(request: web.Request, handler) -> web.StreamResponse:
+    busy: set = request.app[BUSY_KEY]
+    busy.add(request.protocol)
+    try:
+        async with asyncio.timeout(request.app[LIMITS_KEY].handler_timeout):
+            return await handler(request)
+    except TimeoutError:
+        return web.Response(status=504, text="the answer took too long\n")
+    finally:
+        busy.discard(request.protocol)
 
 
 async def metrics_page(request: web.Request) -> web.Response:
@@ -80,12 +117,94 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(status=200 if ok else 503, text=("ok: " if ok else "unhealthy: ") + why + "\n")
 
 
+class _Tracked(asyncio.Protocol):
+    """An aiohttp connection (its RequestHandler) seen by the connection cap: told when it ends."""
+
+    def __init__(self, inner: asyncio.Protocol, cap: "_ConnectionCap") -> None:
+        self.inner, self.cap = inner, cap
+        self.transport: asyncio.BaseTransport | None = None
+        self.closed = self.connected = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if self.closed:  # evicted between its accept and now (a burst of accepts)
+            transport.close()
+            return
+        self.connected = True
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        self.cap.live.pop(self, None)
+        if self.connected:
+            self.inner.connection_lost(exc)
+
+    def close(self) -> None:
+        self.cap.live.pop(self, None)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+_BUSY_BODY = b"too many connections open\n"
+_BUSY_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+
+
+class _Refuse(asyncio.Protocol):
+    """The answer when every one of the `max_connections` connections is busy."""
+
+    def connection_made(self, transport) -> None:
+        transport.write(_BUSY_ANSWER)
+        transport.close()
+
+
+class _ConnectionCap:
+    """The protocol factory of the HTTP sockets: at most `limit` connections open. A connection beyond
+    closes the oldest idle one (no request in progress: typically one that never sent a request);
+    when every one is busy, the newcomer is answered 503 and closed. The count is kept here, not read
+    from aiohttp, since a burst of accepts creates protocols before any of them is connected."""
+
+    def __init__(self, limit: int, busy: set) -> None:
+        self.server: web.Server | None = None  # the runner's, once set up
+        self.limit, self.busy = limit, busy
+        self.live: dict[_Tracked, None] = {}  # insertion order: oldest first
+        self.evicted = self.refused = 0
+
+    def __call__(self) -> asyncio.Protocol:
+        if len(self.live) >= self.limit:
+            idle = next((c for c in self.live if c.inner not in self.busy), None)
+            if idle is None:
+                self.refused += 1
+                log.warning("HTTP port: %d connections open, every one busy: a new connection is refused", self.limit)
+                return _Refuse()
+            self.evicted += 1
+            log.warning("HTTP port: %d connections open: the oldest idle one is closed for a new one", self.limit)
+            idle.close()
+        assert self.server is not None
+        conn = _Tracked(self.server(), self)
+        self.live[conn] = None
+        return conn
+
+
 class _SocketSite(web.BaseSite):
-    """An aiohttp site on a socket bound here (aiohttp's TCPSite on "::" would be IPv6 only)."""
+    """An aiohttp site on a socket bound here (aiohttp's TCPSite on "::" would be IPv6 only), whose
+    connections go through the connection cap."""
 
     __slots__ = ("_sock", "_factory")
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, factory) -> None:
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, factory: _ConnectionCap) -> None:
         super().__init__(runner)
         self._sock, self._factory = sock, factory
 
@@ -150,11 +269,16 @@ def _bind_each(addresses: list[tuple[int, str]], port: int) -> list[socket.socke
 
 async def start_http(store: DecisionStore, graphs: list[str], host: str | None, port: int,
                      metrics: "ScalerMetrics | None" = None,
-                     health: "Callable[[], tuple[bool, str]] | None" = None) -> tuple[web.AppRunner, int]:
+                     health: "Callable[[], tuple[bool, str]] | None" = None,
+                     limits: HttpLimits | None = None) -> tuple[web.AppRunner, int]:
     """Serve the app on host:port (host None: every address, both families; port 0 = ephemeral);
     returns the runner (to clean up) and the bound port."""
-    runner = web.AppRunner(build_app(store, graphs, metrics, health), access_log=None)
+    limits = limits or HttpLimits()
+    app = build_app(store, graphs, metrics, health, limits)
+    app[CAP_KEY] = cap = _ConnectionCap(limits.max_connections, app[BUSY_KEY])
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.idle_timeout)
     await runner.setup()
+    cap.server = runner.server
     try:
         socks = listen_sockets(host, port)
     except BaseException:
@@ -162,7 +286,7 @@ async def start_http(store: DecisionStore, graphs: list[str], host: str | None, 
         raise
     try:
         for sock in socks:
-            await _SocketSite(runner, sock, runner.server).start()
+            await _SocketSite(runner, sock, cap).start()
     except BaseException:
         for sock in socks:
             sock.close()

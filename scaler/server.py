@@ -14,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +33,45 @@ log = logging.getLogger("pdscaler.server")
 
 SERVICE_NAME = "externalscaler.ExternalScaler"
 MAX_VALUE_LEN = 253  # a Kubernetes name at most; longer metadata values are rejected, not echoed
+
+
+class RepeatedLinesFilter(logging.Filter):
+    """A logging filter that lets the first of identical lines through (same logger, level, message
+    and exception type) and then counts them: the next one after `interval` seconds goes out with
+    "(repeated N times in the last S s)", so a flood (a client hammering a port, an error at every
+    accept) costs a line per `interval` and kind, not one per event. At most `kinds` kinds are
+    remembered (the least recent is forgotten). `pdscaler serve` puts it on the root handlers."""
+
+    def __init__(self, interval: float = 60.0, kinds: int = 1000, clock=time.monotonic) -> None:
+        super().__init__()
+        self.interval, self.kinds, self.clock = interval, kinds, clock
+        self._seen: OrderedDict[tuple, list] = OrderedDict()  # kind -> [last emitted at, suppressed since]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format: logging reports it when the line is emitted
+            return True
+        exc = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else None
+        kind = (record.name, record.levelno, message, exc)
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.get(kind)
+            if seen is None:
+                self._seen[kind] = [now, 0]
+                if len(self._seen) > self.kinds:
+                    self._seen.popitem(last=False)
+                return True
+            self._seen.move_to_end(kind)
+            since, suppressed = seen
+            if now - since < self.interval:
+                seen[1] += 1
+                return False
+            seen[0], seen[1] = now, 0
+        if suppressed:
+            record.msg, record.args = f"{message} (repeated {suppressed} times in the last {now - since:.0f} s)", None
+        return True
 
 
 class TriggerMetadata(BaseModel):

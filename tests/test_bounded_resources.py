@@ -314,3 +314,222 @@ def test_serve_grpc_limits_come_from_the_command_line():
     args = build_parser().parse_args(["serve", "--config", "c.yaml", "--grpc-max-rpcs", "10",
                                       "--grpc-max-streams-per-connection", "5"])
     assert (args.grpc_max_rpcs, args.grpc_max_streams_per_connection) == (10, 5)
+
+
+# --------------------------------------------------------------------------- 2c. HTTP connections, log lines
+
+
+class _Blocking:
+    """A ScalerMetrics stand-in whose page waits for `release` (a handler kept busy)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def exposition(self) -> bytes:
+        self.entered.release()
+        self.release.wait(DEADLINE)
+        return b"# done\n"
+
+
+def _http(limits, metrics=None):
+    from scaler.http_admin import CAP_KEY, start_http
+    from scaler.store import DecisionStore
+
+    bg = BackgroundLoop()
+    runner, port = bg.run(start_http(DecisionStore(), ["g1"], "127.0.0.1", 0, metrics, limits=limits))
+    cap = runner.app[CAP_KEY]
+
+    async def live() -> int:
+        return len(cap.live)
+
+    return bg, runner, port, lambda: bg.run(live())
+
+
+def _idle_connections(port: int, n: int, partial_every: int = 3) -> list[socket.socket]:
+    """`n` connections that send nothing, or (every `partial_every`-th) half a request header."""
+    socks = []
+    for i in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if i % partial_every == 1:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line: the header never ends
+        socks.append(s)
+    return socks
+
+
+def _closed_by_server(socks: list[socket.socket], at_least: int) -> int:
+    """Wait until at least `at_least` of `socks` see the server close them; returns how many did."""
+    import select
+
+    closed: set[int] = set()
+    deadline = time.monotonic() + DEADLINE
+    while len(closed) < at_least and time.monotonic() < deadline:
+        readable, _, _ = select.select([s for i, s in enumerate(socks) if i not in closed], [], [], 0.5)
+        for s in readable:
+            try:
+                data = s.recv(4096)
+            except OSError:  # reset
+                data = b""
+            if data == b"":
+                closed.add(socks.index(s))
+    return len(closed)
+
+
+def test_idle_connections_beyond_the_cap_do_not_keep_healthz_out():
+    from scaler.http_admin import HttpLimits
+
+    bg, runner, port, live = _http(HttpLimits(max_connections=20, idle_timeout=600))  # no timeout here
+    socks = _idle_connections(port, 50)
+    try:
+        status, body = get(f"http://127.0.0.1:{port}/healthz", timeout=DEADLINE)
+        assert status == 200 and body.startswith("ok")
+        # every connection beyond the 20th closed the oldest idle one: at least 30 + 1 closed
+        assert _closed_by_server(socks, 31) >= 31
+        assert live() <= 20
+    finally:
+        for s in socks:
+            s.close()
+        bg.run(runner.cleanup())
+        bg.close()
+
+
+def test_idle_and_half_sent_connections_are_closed_after_the_idle_timeout():
+    import http.client
+
+    from scaler.http_admin import HttpLimits
+
+    bg, runner, port, live = _http(HttpLimits(max_connections=100, idle_timeout=1.0))
+    socks = _idle_connections(port, 50)
+    kept_alive = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE)
+    try:
+        kept_alive.request("GET", "/healthz")
+        assert kept_alive.getresponse().read().startswith(b"ok")  # then idle on a keep-alive connection
+        assert _closed_by_server([*socks, kept_alive.sock], 51) == 51
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        deadline = time.monotonic() + DEADLINE
+        while live() > 0:  # the last answer's connection ends too (urllib closes it)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        kept_alive.close()
+        for s in socks:
+            s.close()
+        bg.run(runner.cleanup())
+        bg.close()
+
+
+def test_when_every_connection_is_busy_a_new_one_is_answered_503_and_a_slow_handler_504():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scaler.http_admin import HttpLimits
+
+    blocking = _Blocking()
+    bg, runner, port, live = _http(HttpLimits(max_connections=2, idle_timeout=600, handler_timeout=600), blocking)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            try:
+                pages = [pool.submit(get, f"http://127.0.0.1:{port}/metrics", DEADLINE) for _ in range(2)]
+                for _ in pages:
+                    assert blocking.entered.acquire(timeout=DEADLINE)  # both handlers are busy
+                status, body = get(f"http://127.0.0.1:{port}/healthz")
+                assert (status, body) == (503, "too many connections open\n")
+            finally:
+                blocking.release.set()
+            assert [p.result(DEADLINE) for p in pages] == [(200, "# done\n")] * 2
+    finally:
+        blocking.release.set()
+        bg.run(runner.cleanup())
+        bg.close()
+
+    slow = _Blocking()
+    bg, runner, port, live = _http(HttpLimits(handler_timeout=0.2), slow)
+    try:
+        assert get(f"http://127.0.0.1:{port}/metrics", DEADLINE)[0] == 504
+    finally:
+        slow.release.set()
+        bg.run(runner.cleanup())
+        bg.close()
+
+
+def test_repeated_log_lines_are_counted_not_repeated():
+    import logging
+
+    from scaler.server import RepeatedLinesFilter
+
+    now = [1000.0]
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep()
+    handler.addFilter(RepeatedLinesFilter(interval=60.0, kinds=4, clock=lambda: now[0]))
+    logger = logging.getLogger("pdscaler.test.repeats")
+    logger.propagate, logger.level = False, logging.INFO
+    logger.addHandler(handler)
+    try:
+        for _ in range(1000):
+            logger.warning("accept failed on port %d", 9090)
+        assert [r.getMessage() for r in records] == ["accept failed on port 9090"]
+        logger.warning("accept failed on port %d", 6000)  # another line: through
+        logger.error("accept failed on port %d", 9090)  # another level: through
+        try:
+            raise OSError("too many open files")
+        except OSError:
+            logger.exception("accept failed on port %d", 9090)  # with an exception: another kind
+        assert len(records) == 4
+        now[0] += 59.0
+        logger.warning("accept failed on port %d", 9090)
+        assert len(records) == 4  # still within the interval: counted
+        now[0] += 1.0
+        logger.warning("accept failed on port %d", 9090)
+        assert records[-1].getMessage() == "accept failed on port 9090 (repeated 1000 times in the last 60 s)"
+        logger.warning("accept failed on port %d", 9090)
+        assert len(records) == 5  # the count starts again
+        for i in range(10):  # at most `kinds` kinds remembered: the filter's memory is bounded
+            logger.info("line %d", i)
+        assert len(records) == 15
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_serve_under_a_flood_of_idle_connections_answers_grpc_and_healthz_and_logs_once(tmp_path):
+    import grpc
+
+    from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
+
+    serve = Serve(tmp_path, "--host", "127.0.0.1", "--http-max-connections", "20", "--http-idle-timeout", "600")
+    socks: list[socket.socket] = []
+    try:
+        wait_healthz(f"http://127.0.0.1:{serve.http_port}")
+        socks = _idle_connections(serve.http_port, 50)
+        assert wait_healthz(f"http://127.0.0.1:{serve.http_port}").startswith("ok")
+        with grpc.insecure_channel(f"127.0.0.1:{serve.grpc_port}") as ch:
+            from scaler.rpc import externalscaler_pb2 as pb
+
+            ref = pb.ScaledObjectRef(name="so", namespace="dynamo", scalerMetadata={"graph": "example", "role": "decode"})
+            stub = pb_grpc.ExternalScalerStub(ch)
+            value = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref, metricName="pdscaler-example-decode"),
+                                    timeout=DEADLINE).metricValues[0].metricValue
+            assert value >= 1
+        assert _closed_by_server(socks, 30) >= 30
+    finally:
+        for s in socks:
+            s.close()
+        serve.stop()
+    out = serve.output()
+    assert out.count("the oldest idle one is closed for a new one") == 1, out
+
+
+def test_serve_http_limits_come_from_the_command_line():
+    from scaler.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--config", "c.yaml"])
+    assert (args.http_host, args.http_max_connections, args.http_idle_timeout) == (None, 256, 15.0)
+    args = build_parser().parse_args(["serve", "--config", "c.yaml", "--http-host", "127.0.0.1",
+                                      "--http-max-connections", "20", "--http-idle-timeout", "2.5"])
+    assert (args.http_host, args.http_max_connections, args.http_idle_timeout) == ("127.0.0.1", 20, 2.5)
+    for bad in (["--http-max-connections", "0"], ["--http-idle-timeout", "0"], ["--grpc-max-rpcs", "-1"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--config", "c.yaml", *bad])
