@@ -332,7 +332,13 @@ MetricNames = Annotated[dict[str, str], AfterValidator(_known_metric_keys)]
 class PrometheusSourceConfig(_Model):
     kind: Literal["prometheus"] = "prometheus"
     url: str = Field("http://prometheus-operated.monitoring:9090", description="Prometheus base URL")
-    timeout: Duration = Field(2.0, gt=0, description="per-query timeout")
+    timeout: Duration = Field(
+        2.0, gt=0, description="total time a query may take, from connecting to the answer's last byte"
+    )
+    poll_deadline: Duration | None = Field(
+        None, gt=0, description="total time one poll's queries may take; graphs not read by then are held "
+        "(missing data). Default: 3 x timeout, at most 0.8 x poll_interval (a larger value is capped at it)"
+    )
     rate_window: Duration = Field(60.0, gt=0, description="window of rate() and histogram_quantile()")
     metric_names: MetricNames = Field(
         default_factory=dict, description="override Dynamo metric names (keys: see scaler/signals.py)"
@@ -421,6 +427,12 @@ class ScalerConfig(_Model):
     )
     forecast: ForecastConfig = Field(default_factory=ForecastConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+    outlier_factor: float | None = Field(
+        10.0, gt=1, description="an arrival rate rising more than this factor in one poll (over the last "
+        "poll's value, at least one replica's worth) is taken as the last poll's value until the next poll "
+        "confirms it "
+        "(scaler/policy/outlier.py); null = off"
+    )
     graphs: dict[Name, GraphConfig]
 
     @field_validator("graphs")

@@ -37,6 +37,7 @@ from scaler.policy.cascade import NoCascade
 from scaler.policy.context import RoleContext, Target, ready_of, replicas_now
 from scaler.policy.floors import Floors
 from scaler.policy.need import Need, forecast_figures
+from scaler.policy.outlier import OutlierFilter
 from scaler.policy.ratio import apply_ratio
 from scaler.policy.rule import Rule
 from scaler.policy.safety_net import SafetyNet
@@ -98,6 +99,7 @@ class Engine:
         self._profiles = {g: gcfg.capacity_profile() for g, gcfg in config.graphs.items()}
         self._rules = {g: {r: _RoleRules.of(config, gcfg, rc) for r, rc in gcfg.roles.items()}
                        for g, gcfg in config.graphs.items()}
+        self._outliers = {g: OutlierFilter(config.outlier_factor, p) for g, p in self._profiles.items()}
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Engine":
@@ -123,7 +125,7 @@ class Engine:
         latest = self._latest.get(obs.graph)
         if latest is not None and obs.at <= latest.at:
             return
-        clean = sanitize(obs)
+        clean = self._outliers[obs.graph].apply(sanitize(obs))
         self._latest[obs.graph] = clean
         kv_per_replica = self._profiles[obs.graph].decode.kv_tokens
         values, kv = demand_values(clean, self.config.graphs[obs.graph], kv_per_replica)

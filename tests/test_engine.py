@@ -46,7 +46,7 @@ def test_prefill_backlog_adds_capacity(config):
 
 
 def test_decode_sized_on_kv_or_throughput_whichever_binds(config):
-    e = Engine(config)
+    e = Engine(config.model_copy(update={"outlier_factor": None}))  # jumps in one poll on purpose
     # KV: 100k blocks x 16 = 1.6M tokens / (896k x 0.8) = 2.23 -> 3; throughput: 10 x 200 = 2k tok/s -> 0.25.
     e.observe(obs(0, rate=10, osl=200, kv_blocks=100_000))
     d = e.decide(1)
@@ -60,7 +60,7 @@ def test_decode_sized_on_kv_or_throughput_whichever_binds(config):
 
 
 def test_bounds_name_the_rule(config):
-    e = Engine(config)
+    e = Engine(config.model_copy(update={"outlier_factor": None}))  # jumps in one poll on purpose
     e.observe(obs(0, rate=0.0))
     d = e.decide(1)
     assert d.replicas == {"prefill": 1, "decode": 2}

@@ -232,7 +232,7 @@ def test_a_role_never_falls_while_an_input_it_may_be_lowered_on_is_missing():
         o.roles[role].pop(signal)
         return o
 
-    e.observe(without(t + 400, 16.0, "prefill", "prefill_queued_tokens"))  # past the scale-down window
+    e.observe(without(t + 400, 100.0, "prefill", "prefill_queued_tokens"))  # past the scale-down window
     d = e.decide(t + 401)
     rd = d.roles["prefill"]
     assert d.replicas["prefill"] == high and rd.reason.rule == Rule.MISSING_DATA
@@ -262,3 +262,27 @@ def test_decode_never_falls_on_its_token_rate_alone_when_the_kv_series_are_gone(
     d = e.decide(401.0)
     assert d.replicas["decode"] == held and d.roles["decode"].reason.rule == Rule.MISSING_DATA
     assert "KV in use" in d.roles["decode"].reason.message
+
+
+def test_a_one_poll_spike_is_not_believed_but_a_sustained_rise_scales_on_its_second_poll():
+    """A 1000x demand spike in one poll (a counter reset read as a rate) is taken as 10x until the
+    next poll confirms it: the target does not jump to max_replicas and stay there for the
+    scale-down window, nor does the forecast carry it; the same rise sustained is sized in full."""
+    from scaler.policy.rule import Rule
+
+    roles = {"prefill": {"kind": "prefill", "max_replicas": 400}, "decode": {"kind": "decode", "max_replicas": 400}}
+    e = Engine(config(roles))
+    d, t = feed(e, [16.0] * 40)  # 10 minutes of steady traffic: 1 prefill replica's worth
+    steady = d.replicas["prefill"]
+    e.observe(obs(t + 15, 16_000.0))  # one poll at 1000x
+    d = e.decide(t + 16)
+    assert d.replicas["prefill"] < 40 and any("one-poll outlier" in n for n in d.notes)
+    d, t2 = feed(e, [16.0] * 18, t0=t + 30)  # back to normal; 4.5 min later
+    fc = d.roles["prefill"].reason.figures
+    assert d.replicas["prefill"] <= 2 * steady + 1 and fc.get("predictive_replicas", 0.0) < 5, fc
+    # The same jump sustained: the second poll confirms it and the target follows in full.
+    e2 = Engine(config(roles))
+    d, t = feed(e2, [16.0] * 40)
+    d, t = feed(e2, [1600.0, 1600.0], t0=t + 15)
+    assert d.replicas["prefill"] >= reactive_prefill(1600.0) and not any("outlier" in n for n in d.notes)
+    assert d.roles["prefill"].reason.rule in (Rule.CAPACITY, Rule.FORECAST, Rule.LEAD_TIME_FLOOR)

@@ -182,3 +182,30 @@ def test_missing_data_names_why_and_holds_never_lower():
     t = missing_data.held("decode", rc, 5, Rule.MISSING_DATA, "missing kv_active_blocks")
     assert (t.value, t.held, t.rule) == (5, True, Rule.MISSING_DATA) and "never scale down" in t.message
     assert missing_data.held("decode", rc, None, Rule.NO_DATA, "x").value == 2  # the floor
+
+
+def test_outlier_filter_holds_a_one_poll_jump_until_the_next_poll_confirms_it():
+    from scaler.policy.outlier import OutlierFilter
+
+    g = graph()
+    f = OutlierFilter(10.0, g.capacity_profile())
+
+    def poll(at, rate, tokens):
+        o = f.apply(Observation("g", at, {"request_rate": rate, "isl_mean": 2000.0,
+                                          "prefill_tokens_per_s": tokens, "queued_requests": 7.0}, {}))
+        return o.signals, o.errors
+
+    poll(0, 20.0, 40_000.0)
+    s, notes = poll(15, 20_000.0, 40_000_000.0)  # 1000x in one poll
+    assert s["request_rate"] == 20.0 and s["prefill_tokens_per_s"] == 40_000.0 and s["queued_requests"] == 7.0
+    assert len(notes) == 2 and "one-poll outlier: prefill_tokens_per_s" in notes[1]
+    s, notes = poll(30, 20_000.0, 40_000_000.0)  # the next poll confirms it: believed in full
+    assert s["prefill_tokens_per_s"] == 40_000_000.0 and notes == ()
+    # From idle, up to 10 replicas' worth passes at once (one prefill replica serves 40k tokens/s).
+    f = OutlierFilter(10.0, g.capacity_profile())
+    poll(0, 0.0, 0.0)
+    assert poll(15, 150.0, 300_000.0) == ({"request_rate": 150.0, "isl_mean": 2000.0,
+                                           "prefill_tokens_per_s": 300_000.0, "queued_requests": 7.0}, ())
+    off = OutlierFilter(None, g.capacity_profile())
+    o = Observation("g", 0.0, {"request_rate": 1.0}, {})
+    assert off.apply(o) is o
