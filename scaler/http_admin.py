@@ -6,7 +6,8 @@ waits on Prometheus, a model fit or the Kubernetes API.
                                       inputs, forecast and capacity figures
     GET /explain?graph=G&format=json  the same as JSON (Decision.to_dict)
     GET /explain                      all graphs
-Unknown graph -> 404 naming the configured graphs; no decision yet -> 503.
+Unknown graph -> 404 naming the configured graphs (the name asked for shown to 64 characters at most,
+the first 20 configured names); no decision yet -> 503.
 
 Bounded (HttpLimits): by default the port listens on every address of both families (one dual-stack
 socket); at most `max_connections` connections are open at once (a new one beyond closes the oldest
@@ -23,6 +24,7 @@ import errno
 import json
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pdscaler.http")
 
 ALL_ADDRESSES = (None, "", "*", "::", "[::]")  # hosts meaning every address of both families
+SHOWN_NAME_LEN = 64  # characters of an unknown graph name echoed in the 404
+SHOWN_GRAPHS = 20  # configured graph names listed in the 404
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,17 @@ async def _track_and_time(request: web.Request, handler) -> web.StreamResponse:
         busy.discard(request.protocol)
 
 
+def show_name(name: str, limit: int = SHOWN_NAME_LEN) -> str:
+    """`name` quoted, cut to `limit` characters: an unknown name is echoed, never at length."""
+    return repr(name if len(name) <= limit else name[:limit - 3] + "...")
+
+
+def show_names(names: Sequence[str], limit: int = SHOWN_GRAPHS) -> str:
+    names = list(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 async def metrics_page(request: web.Request) -> web.Response:
     # Rendered in a worker thread: with a thousand graphs the page is megabytes, and the event loop
     # must stay free for the next request.
@@ -100,7 +115,7 @@ async def explain(request: web.Request) -> web.Response:
     wanted = request.query.get("graph")
     as_json = request.query.get("format") == "json"
     if wanted is not None and wanted not in graphs:
-        return web.Response(status=404, text=f"unknown graph {wanted!r}; configured graphs: {', '.join(graphs)}\n")
+        return web.Response(status=404, text=f"unknown graph {show_name(wanted)}; configured graphs: {show_names(graphs)}\n")
     names = [wanted] if wanted else graphs
     decisions = {g: store.get(g) for g in names}
     missing = [g for g, d in decisions.items() if d is None]

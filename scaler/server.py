@@ -125,7 +125,7 @@ def resolve(config: ScalerConfig, ref: pb.ScaledObjectRef) -> Target:
     if graph is None:
         raise RequestError(
             grpc.StatusCode.NOT_FOUND,
-            f"graph {_show(md.graph)} is not configured; configured graphs: {', '.join(sorted(config.graphs))}",
+            f"graph {_show(md.graph)} is not configured; configured graphs: {_names(sorted(config.graphs))}",
         )
     if graph.namespace and namespace and graph.namespace != namespace:
         raise RequestError(
@@ -143,16 +143,21 @@ def resolve(config: ScalerConfig, ref: pb.ScaledObjectRef) -> Target:
 
 def _allowed(config: ScalerConfig, key: str, graph: str | None) -> str:
     if key == "graph":
-        return f"; allowed values: {', '.join(sorted(config.graphs))}"
+        return f"; allowed values: {_names(sorted(config.graphs))}"
     if key == "role":
         g = config.graphs.get(graph or "")
         roles = sorted(g.roles) if g else sorted({r for g in config.graphs.values() for r in g.roles})
-        return f"; allowed values: {', '.join(roles)}"
+        return f"; allowed values: {_names(roles)}"
     return ""
 
 
 def _show(value: str) -> str:
     return repr(value if len(value) <= 64 else value[:61] + "...")
+
+
+def _names(names: list[str], limit: int = 20) -> str:
+    """The first `limit` names (a thousand configured graphs are not repeated in every error)."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 class ExternalScaler(pb_grpc.ExternalScalerServicer):

@@ -533,3 +533,60 @@ def test_serve_http_limits_come_from_the_command_line():
     for bad in (["--http-max-connections", "0"], ["--http-idle-timeout", "0"], ["--grpc-max-rpcs", "-1"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["serve", "--config", "c.yaml", *bad])
+
+
+# --------------------------------------------------------------------------- 2d. echoed names
+
+
+def _many_graphs_config(n: int = 50):
+    g1 = make_config().model_dump()["graphs"]["g1"]
+    return make_config(graphs={f"g{i:02d}": g1 for i in range(n)})
+
+
+def test_explain_404_shows_an_unknown_name_and_the_graph_list_cut_short():
+    from scaler.http_admin import start_http
+    from scaler.store import DecisionStore
+
+    config = _many_graphs_config()
+    bg = BackgroundLoop()
+    runner, port = bg.run(start_http(DecisionStore(), list(config.graphs), "127.0.0.1", 0))
+    name = "q" * 8000  # about what fits in aiohttp's request line
+    try:
+        status, body = get(f"http://127.0.0.1:{port}/explain?graph={name}")
+    finally:
+        bg.run(runner.cleanup())
+        bg.close()
+    assert status == 404
+    assert f"unknown graph '{'q' * 61}...'" in body and "q" * 62 not in body
+    assert "configured graphs: g00, g01," in body and "g19 and 30 more" in body and "g20" not in body
+    assert len(body) < 400
+
+
+def test_grpc_not_found_shows_an_unknown_name_and_the_graph_list_cut_short():
+    import grpc
+
+    from scaler.rpc import externalscaler_pb2 as pb
+    from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
+    from scaler.server import start_server
+    from scaler.store import DecisionStore
+
+    bg = BackgroundLoop()
+    server = bg.run(start_server(_many_graphs_config(), DecisionStore(), 0, "127.0.0.1"))
+    try:
+        with _own_connection(server.port) as ch:
+            stub = pb_grpc.ExternalScalerStub(ch)
+            with pytest.raises(grpc.RpcError) as e:  # the longest graph name the metadata schema admits
+                stub.GetMetricSpec(pb.ScaledObjectRef(name="so", namespace="ns",
+                                                      scalerMetadata={"graph": "q" * 253, "role": "prefill"}), timeout=10)
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+            details = e.value.details()
+            assert f"'{'q' * 61}...'" in details and "q" * 62 not in details
+            assert "g19 and 30 more" in details and "g20" not in details and len(details) < 400
+            with pytest.raises(grpc.RpcError) as e:  # a ScaledObject namespace is not bounded by the schema
+                stub.IsActive(pb.ScaledObjectRef(name="so", namespace="n" * 8000,
+                                                 scalerMetadata={"graph": "g01", "role": "prefill"}), timeout=10)
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "n" * 62 not in e.value.details() and len(e.value.details()) < 400
+    finally:
+        bg.run(server.stop(grace=0))
+        bg.close()
