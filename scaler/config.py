@@ -430,8 +430,7 @@ class ScalerConfig(_Model):
     outlier_factor: float | None = Field(
         10.0, gt=1, description="an arrival rate rising more than this factor in one poll (over the last "
         "poll's value, at least one replica's worth) is taken as the last poll's value until the next poll "
-        "confirms it "
-        "(scaler/policy/outlier.py); null = off"
+        "confirms it (scaler/policy/outlier.py); null = off"
     )
     graphs: dict[Name, GraphConfig]
 
