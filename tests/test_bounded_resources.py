@@ -4,7 +4,6 @@ names, repeated log lines). Every wait is on an answer or an event, with a gener
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import sys
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BackgroundLoop, make_config
+from scaler.testbench import processes
+from tests.conftest import BackgroundLoop, example_config_file, make_config
 
 DEADLINE = 60.0  # s: generous, the machine is shared
 
@@ -41,63 +41,15 @@ def get(url: str, timeout: float = 10.0) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-class Serve:
-    """`pdscaler serve` as a child, on ephemeral ports read back from its start-up lines."""
-
-    HTTP_LINE = re.compile(r"explain and metrics on http://.+:(\d+)/explain")
-    GRPC_LINE = re.compile(r"KEDA external scaler on .+:(\d+) for graphs")
-
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        config = tmp_path / "pdscaler.yaml"
-        config.write_text(subprocess.run([sys.executable, "-m", "scaler", "config", "example"], capture_output=True,
-                                         text=True, check=True, timeout=60).stdout)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scaler", "serve", "--config", str(config), "--port", "0", "--http-port", "0",
-             "--prometheus-url", "http://127.0.0.1:1", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-        try:
-            self.http_port = int(self.wait_for(self.HTTP_LINE).group(1))
-            self.grpc_port = int(self.wait_for(self.GRPC_LINE).group(1))
-        except BaseException:
-            self.stop()
-            raise
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-        with self.cond:
-            self.lines.append("")  # EOF
-            self.cond.notify_all()
-
-    def wait_for(self, pattern: re.Pattern) -> re.Match:
-        deadline = time.monotonic() + DEADLINE
-        with self.cond:
-            while True:
-                for line in self.lines:
-                    if m := pattern.search(line):
-                        return m
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.lines and self.lines[-1] == ""):
-                    pytest.fail(f"serve: no line matching {pattern.pattern!r}:\n" + "".join(self.lines))
-                self.cond.wait(left)
-
-    def output(self) -> str:
-        with self.cond:
-            return "".join(self.lines)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+def start_serve(tmp_path: Path, *args: str, default_hosts: bool = False) -> processes.ScalerProcess:
+    """`pdscaler serve` started on ephemeral ports (read back from its output; scaler/testbench/processes.py).
+    `default_hosts`: no --host nor --http-host, as a plain `pdscaler serve` binds."""
+    config = example_config_file(tmp_path / "pdscaler.yaml")
+    if not default_hosts:
+        return processes.serve_process(config, prometheus_url="http://127.0.0.1:1", args=args).start()
+    argv = [sys.executable, "-m", "scaler", "serve", "--config", str(config), "--port", "0", "--http-port", "0",
+            "--prometheus-url", "http://127.0.0.1:1", *args]
+    return processes.ScalerProcess(argv, host="127.0.0.1", http=True, name="pdscaler serve").start()
 
 
 def wait_healthz(url: str) -> str:
@@ -120,7 +72,7 @@ def wait_healthz(url: str) -> str:
 
 
 def test_default_serve_answers_healthz_and_explain_on_ipv4_and_ipv6_loopback(tmp_path):
-    serve = Serve(tmp_path)  # the defaults: --host [::], no --http-host
+    serve = start_serve(tmp_path, default_hosts=True)  # --host [::], no --http-host
     try:
         assert wait_healthz(f"http://127.0.0.1:{serve.http_port}").startswith("ok")
         r = subprocess.run([sys.executable, "-m", "scaler", "explain", "--server", f"http://127.0.0.1:{serve.http_port}",
@@ -499,7 +451,7 @@ def test_serve_under_a_flood_of_idle_connections_answers_grpc_and_healthz_and_lo
 
     from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
 
-    serve = Serve(tmp_path, "--host", "127.0.0.1", "--http-max-connections", "20", "--http-idle-timeout", "600")
+    serve = start_serve(tmp_path, "--http-max-connections", "20", "--http-idle-timeout", "600")
     socks: list[socket.socket] = []
     try:
         wait_healthz(f"http://127.0.0.1:{serve.http_port}")
