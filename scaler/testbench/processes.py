@@ -42,8 +42,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = [
+    "EmulatorProcess",
     "ManagedProcess",
     "ProcessFailed",
+    "ScalerProcess",
+    "WaitTimeout",
     "emulate_process",
     "free_port",
     "running",
@@ -69,6 +72,10 @@ class ProcessFailed(RuntimeError):
         self.returncode = returncode
 
 
+class WaitTimeout(ProcessFailed, TimeoutError):
+    """A child did not print the awaited line, or become ready, in time; carries its output."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free right now (for a child that must be named before it starts; prefer port 0)."""
     with socket.socket() as s:
@@ -79,7 +86,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.05,
                proc: "ManagedProcess | None" = None):
     """Call `cond` until it returns something truthy (returned); OSError counts as not yet. Raises
-    TimeoutError after `timeout` s, or ProcessFailed as soon as `proc` (if given) has exited."""
+    TimeoutError after `timeout` s (WaitTimeout, with its output, when `proc` is given), or
+    ProcessFailed as soon as `proc` has exited."""
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
@@ -92,6 +100,8 @@ def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: 
         except OSError:
             pass
         if time.monotonic() >= deadline:
+            if proc is not None:
+                raise WaitTimeout(f"{what}: not within {timeout:g} s", proc.output(), proc.poll())
             raise TimeoutError(f"{what}: not within {timeout:g} s")
         time.sleep(interval)
 
@@ -120,8 +130,9 @@ def _descendants(pid: int) -> list:
 
 
 _SEQ = itertools.count(1)
-_ALL: collections.deque["ManagedProcess"] = collections.deque(maxlen=200)
+_ALL: collections.deque["ManagedProcess"] = collections.deque(maxlen=200)  # the latest started
 _ALL_LOCK = threading.Lock()
+_last_seq = 0
 
 
 def started_since(mark: int) -> list["ManagedProcess"]:
@@ -144,9 +155,8 @@ def _stop_all() -> None:  # never leave a child behind the interpreter
 class ManagedProcess:
     """One child process: started, awaited, stopped, its output kept.
 
-    `ready`: None (started is enough), a regex (a line of output matching it), or a callable
-    (truthy once ready; called until then, OSError = not yet). `on_line(match)` style parsing is
-    done by subclasses through `ready_match`.
+    `ready`: None (started is enough), a regex (ready at the first line of output matching it, kept
+    in `ready_match`), or a callable (ready once it returns something truthy; OSError = not yet).
     """
 
     def __init__(self, argv: Sequence[str], *, name: str | None = None, cwd: str | Path | None = None,
@@ -176,7 +186,7 @@ class ManagedProcess:
     def mark() -> int:
         """A point in time for `started_since`."""
         with _ALL_LOCK:
-            return max((p.seq for p in _ALL), default=0)
+            return _last_seq
 
     def start(self, wait: bool = True) -> "ManagedProcess":
         """Start the child; with `wait`, return once it is ready (else raise ProcessFailed, child stopped)."""
@@ -186,8 +196,9 @@ class ManagedProcess:
         self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdin=self.stdin, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
                                      bufsize=1, start_new_session=True)
+        global _last_seq
         with _ALL_LOCK:
-            self.seq = next(_SEQ)
+            self.seq = _last_seq = next(_SEQ)
             _ALL.append(self)
         self._reader = threading.Thread(target=self._read, args=(log,), name=f"output of {self.name}", daemon=True)
         self._reader.start()
@@ -200,14 +211,15 @@ class ManagedProcess:
         return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
+        """Until the child is ready: ProcessFailed if it exits first, WaitTimeout after `timeout`."""
         timeout = self.start_timeout if timeout is None else timeout
         what = f"{self.name} did not become ready"
         if self.ready is None:
             return
         if isinstance(self.ready, re.Pattern):
             self.ready_match = self.wait_for_output(self.ready, timeout, what)
-        else:
-            wait_until(self.ready, timeout, what, interval=0.05, proc=self)
+            return
+        wait_until(self.ready, timeout, what, interval=0.05, proc=self)
 
     def poll(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
@@ -320,7 +332,7 @@ class ManagedProcess:
     def wait_for_output(self, pattern: str | re.Pattern, timeout: float, what: str | None = None,
                         since: int = 0, count: int = 1) -> re.Match:
         """The `count`-th line (from line index `since`) matching `pattern`, as soon as it is printed.
-        ProcessFailed if the child's output ends first, TimeoutError after `timeout`."""
+        ProcessFailed if the child's output ends first, WaitTimeout (a TimeoutError) after `timeout`."""
         rx = re.compile(pattern) if isinstance(pattern, str) else pattern
         what = what or f"{self.name}: no line matching {rx.pattern!r}" + (f" {count} times" if count > 1 else "")
         deadline = time.monotonic() + timeout
@@ -338,11 +350,13 @@ class ManagedProcess:
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"{what} within {timeout:g} s\n--- last output ---\n"
-                                       + "\n".join(self._lines[-TAIL_LINES:]))
+                    raise WaitTimeout(f"{what} within {timeout:g} s", "\n".join(self._lines), self.poll())
                 self._cond.wait(left)
         self._join_reader()
-        self.proc.wait(5)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:  # it closed its output but runs on
+            pass
         raise ProcessFailed(f"{what}: it exited with code {self.returncode}", self.output(), self.returncode)
 
     @property
