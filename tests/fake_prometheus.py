@@ -34,13 +34,18 @@ def value_for(query: str, demand: float) -> str:
 
 
 class FakePrometheus:
-    """`mode`: ok | slow | empty | nan | inf | negative | http500 | hang. `queries` counts the requests.
+    """`mode`: ok | slow | empty | nan | inf | negative | http500 | hang | trickle. `queries`
+    counts the requests.
+
+    trickle: a valid answer (status line, headers, body) sent one byte every `trickle_delay` seconds
+    (each read gets a byte in time: only a total deadline ends the request).
 
     hang: every request is held open, unanswered, until `close()`; `holding` counts the requests
     held right now and `held` is set once one is (an event to wait on: the client is blocked)."""
 
     def __init__(self) -> None:
         self.mode, self.demand, self.queries = "ok", 200_000.0, 0
+        self.trickle_delay = 1.0
         self.seen: list[str] = []
         self.held, self.released = threading.Event(), threading.Event()
         self.holding = 0
@@ -80,6 +85,16 @@ class FakePrometheus:
                 if mode == "empty":
                     result = []
                 body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+                if mode == "trickle":
+                    head = f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                    try:
+                        for b in head.encode() + body:
+                            if fake.released.wait(fake.trickle_delay):
+                                return
+                            self.wfile.write(bytes([b]))
+                    except OSError:
+                        pass  # the client gave up
+                    return
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")

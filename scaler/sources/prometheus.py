@@ -9,12 +9,18 @@ dynamo_namespace="<ns>-<graph>") are read together, one query per signal for up 
 (`{label=~"a|b|..."}` aggregated `by (label)`), sent as POST. With hundreds of graphs that is 17
 queries a poll instead of 17 per graph. Other graphs, and signals whose query is overridden, are
 read one graph at a time.
+
+Bounded waits: every query must be answered completely within source.timeout (connect to last byte:
+a Prometheus that trickles its answer is cut off, scaler/sources/deadline.py), and a poll's queries
+within source.poll_deadline; graphs not read by then get an observation without values noting
+"Prometheus poll exceeded its deadline" (held: missing data).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from datetime import datetime, timezone
 
 import numpy as np
@@ -25,10 +31,12 @@ from urllib3.util.retry import Retry
 from scaler.config import PrometheusSourceConfig, ScalerConfig
 from scaler.observation import Observation
 from scaler.signals import GRAPH_SIGNALS, Signal, metric_names, role_signals
+from scaler.sources.deadline import DeadlineAdapter, PollDeadlineExceeded
 from scaler.sources.selection import Matcher, graph_matchers, role_matchers
 
 log = logging.getLogger("pdscaler.sources.prometheus")
 UNREACHABLE = "prometheus unreachable"
+DEADLINE = "Prometheus poll exceeded its deadline"
 
 TEMPLATES: dict[str, str] = {
     "rate": "sum(rate({metric}{{{sel}}}[{window}]))",
@@ -93,6 +101,10 @@ class PrometheusSource:
         self.prom = PrometheusConnect(
             url=self.src.url, disable_ssl=False, timeout=self.src.timeout, retry=retry, session=self.session
         )
+        # Replaces the client's adapter for the URL: the same retry, plus a total deadline per request.
+        self.adapter = DeadlineAdapter(self.src.timeout, max_retries=retry)
+        self.session.mount(self.prom.url, self.adapter)
+        self.poll_deadline = poll_deadline(config)
 
     def queries(self, graph: str) -> dict[tuple[str | None, Signal], str]:
         """(role or None, signal) -> PromQL, for one graph."""
@@ -169,6 +181,9 @@ class PrometheusSource:
                 value = self._query(promql, now)
             except Exception as e:  # network, HTTP status, parse: all reported, none fatal
                 errors.append(f"{role + ': ' if role else ''}{name}: query failed: {_short(e)}")
+                if isinstance(e, PollDeadlineExceeded):
+                    errors.append(f"{self._deadline_note()}: skipped the remaining queries")
+                    break
                 if _unreachable(e):
                     errors.append(f"{UNREACHABLE}: skipped the remaining queries")
                     break
@@ -216,10 +231,18 @@ class PrometheusSource:
                 out[key] = (np.asarray(ts), np.asarray(ys))
         return out
 
+    def _deadline_note(self) -> str:
+        return f"{DEADLINE} ({self.poll_deadline:g}s)"
+
     def collect(self, now: float) -> list[Observation]:
-        """Every graph's observation. Once Prometheus proved unreachable (refused or timed out) in this
-        poll, nothing more is queried: with hundreds of graphs, one timeout each would stall the loop
-        for minutes. The graphs then get observations without values, whose note says why."""
+        """Every graph's observation, within the poll's deadline. Once Prometheus proved unreachable
+        (refused or timed out) in this poll, or the deadline passed, nothing more is queried: with
+        hundreds of graphs, one timeout each would stall the loop for minutes. The graphs not read
+        then get observations without values, whose note says why."""
+        with self.adapter.poll(time.monotonic() + self.poll_deadline):
+            return self._collect(now)
+
+    def _collect(self, now: float) -> list[Observation]:
         batches, singles = self._batches()
         graphs = self.config.graphs
         values: dict[str, tuple[dict, dict, list]] = {g: ({}, {r: {} for r in graphs[g].roles}, []) for g in graphs}
@@ -234,7 +257,9 @@ class PrometheusSource:
                 for pairs in members.values():
                     for g, role in pairs:
                         values[g][2].append((f"{role}: " if role else "") + note)
-                if _unreachable(e):
+                if isinstance(e, PollDeadlineExceeded):
+                    down = f"{self._deadline_note()}: not queried this poll"
+                elif _unreachable(e):
                     down = f"{UNREACHABLE}: not queried this poll ({_short(e)})"
                 continue
             for series in result:
@@ -264,11 +289,22 @@ class PrometheusSource:
                 errors += list(one.errors)
                 if any(e.startswith(UNREACHABLE) for e in one.errors):
                     down = f"{UNREACHABLE}: not queried this poll ({g} failed first)"
+                elif any(e.startswith(DEADLINE) for e in one.errors):
+                    down = f"{self._deadline_note()}: not queried this poll"
             out.append(Observation(graph=g, at=now, signals=signals, roles=roles, errors=tuple(errors)))
         return out
 
     def close(self) -> None:
         self.session.close()
+
+
+def poll_deadline(config: ScalerConfig) -> float:
+    """The total time of one poll's queries: source.poll_deadline, by default 3 x source.timeout;
+    at most 0.8 x poll_interval either way (a poll must end before the next one is due)."""
+    src = config.source
+    assert isinstance(src, PrometheusSourceConfig)
+    wanted = src.poll_deadline if src.poll_deadline is not None else 3 * src.timeout
+    return min(wanted, 0.8 * config.poll_interval)
 
 
 def _regex_escape(value: str) -> str:
