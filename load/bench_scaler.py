@@ -2,7 +2,7 @@
 
     python -m load.bench_scaler [--graphs 1000] [--clients 200] [--duration 60] [--json OUT]
 
-What runs (every piece its own process, so each one's CPU can be read from /proc):
+What runs (every piece its own process, so each one's CPU can be read on its own):
 
 - a fake Prometheus (asyncio, keep-alive HTTP/1.1) answering every instant query the scaler's
   Prometheus source sends with a plausible, slowly varying value per graph (request rate, token
@@ -15,9 +15,10 @@ What runs (every piece its own process, so each one's CPU can be read from /proc
 - client processes (grpc.aio), `--clients` concurrent KEDA-like clients in all, each with its own
   channel, each looping over its share of the 2N ScaledObjects: GetMetricSpec, GetMetrics, IsActive
   with KEDA's ScaledObjectRef (name, namespace, the trigger metadata incl. scalerAddress);
-- this process, the orchestrator: samples the scaler's CPU (utime+stime of the process and its
-  children, per thread too) and RSS (VmRSS, VmHWM) every second from /proc, and scrapes the scaler's
-  /metrics every 10 s (as Prometheus would) for decision timestamps and poll durations.
+- this process, the orchestrator: samples the scaler's CPU (user + system time of the process and
+  its descendants, per thread too) and RSS every second with psutil (the peak RSS, VmHWM, from
+  Linux's /proc/PID/status), and scrapes the scaler's /metrics every 10 s (as Prometheus would) for
+  decision timestamps and poll durations.
 
 Phases per scenario: `idle` (no clients: the decision loop alone), `realistic` (every ScaledObject
 polled once per 15 s, evenly spread: 2N/15 cycles/s, 3 RPCs each), `saturation` (each client
@@ -41,7 +42,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,12 +53,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from scaler.testbench.processes import ManagedProcess, ScalerProcess, serve_process, wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "bench"
 ROLES = ("prefill", "decode")
 METHODS = ("GetMetricSpec", "GetMetrics", "IsActive")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # --------------------------------------------------------------------------- fake Prometheus
@@ -172,7 +172,7 @@ def run_fake_prometheus(port: int) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        print("ready", flush=True)
+        print(f"ready {server.sockets[0].getsockname()[1]}", flush=True)  # the port bound (0 = ephemeral)
         await stop.wait()
         server.close()
 
@@ -259,71 +259,71 @@ async def _clients(spec: dict) -> dict:
 # --------------------------------------------------------------------------- /proc readings
 
 
+def _process(pid: int):
+    import psutil
+
+    return psutil.Process(pid)
+
+
 def proc_children(pid: int) -> list[int]:
-    """Every descendant of pid (the scaler's forecast-refit workers, if any)."""
-    parents: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        for c in parents.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
+    """Every live descendant of pid (the scaler's decision worker and refit workers)."""
+    import psutil
 
-
-def cpu_seconds(pid: int, task: int | None = None) -> float:
-    path = f"/proc/{pid}/task/{task}/stat" if task else f"/proc/{pid}/stat"
     try:
-        with open(path) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
+        return [c.pid for c in _process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 once it is gone)."""
+    import psutil
+
+    try:
+        t = _process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    return t.user + t.system
+
+
+def _thread_name(pid: int, tid: int) -> str:
+    try:  # psutil has no thread names; Linux keeps them here
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return "thread"
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds per thread, keyed 'name/tid' (the main thread runs the asyncio event loop)."""
-    out = {}
+    import psutil
+
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-        except OSError:
-            continue
-        label = "main (event loop)" if int(tid) == pid else f"{name}/{tid}"
-        out[label] = cpu_seconds(pid, int(tid))
-    return out
+        threads = _process(pid).threads()
+    except psutil.Error:
+        return {}
+    return {("main (event loop)" if t.id == pid else f"{_thread_name(pid, t.id)}/{t.id}"): t.user_time + t.system_time
+            for t in threads}
 
 
 def mem_kib(pid: int) -> dict[str, int]:
+    """VmRSS (psutil) and VmHWM, the peak RSS (Linux /proc: psutil does not report it), in KiB."""
+    import psutil
+
     out = {}
     try:
+        out["VmRSS"] = _process(pid).memory_info().rss // 1024
+    except psutil.Error:
+        return out
+    try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line.split(":")[0]] = int(line.split()[1])
+            if line.startswith("VmHWM:"):
+                out["VmHWM"] = int(line.split()[1])
     except OSError:
         pass
     return out
 
 
 # --------------------------------------------------------------------------- the scaler and its /metrics
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(path: Path, graphs: int, prom_url: str, forecast: bool, poll_interval: float) -> list[str]:
@@ -410,31 +410,18 @@ class Monitor:
             self._stop.wait(1.0)
 
 
-def start_scaler(config: Path, grpc_port: int, http_port: int, log: Path, switch_interval: float | None
-                 ) -> subprocess.Popen:
-    serve = ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(grpc_port),
-             "--http-port", str(http_port)]
-    if switch_interval is None:
-        cmd = [sys.executable, "-m", "scaler", "--log-level", "warning", *serve]
-    else:  # an experiment: the same serve, with a shorter GIL switch interval
-        code = (f"import sys; sys.setswitchinterval({switch_interval!r}); from scaler.cli import main; "
-                f"sys.exit(main({['--log-level', 'warning', *serve]!r}))")
-        cmd = [sys.executable, "-c", code]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+def start_scaler(config: Path, log: Path, switch_interval: float | None) -> ScalerProcess:
+    """The scaler, started (its gRPC and HTTP ports are the ones it bound, read from its output)."""
+    python = None
+    if switch_interval is not None:  # an experiment: the same serve, with a shorter GIL switch interval
+        python = [sys.executable, "-c", f"import sys; sys.setswitchinterval({switch_interval!r}); "
+                                        "from scaler.cli import main; sys.exit(main(sys.argv[1:]))"]
+    return serve_process(config, log_level="warning", python=python, cwd=ROOT, log_path=log, start_timeout=120,
+                         stop_timeout=30).start()
 
 
-def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: the process exited ({proc.returncode})")
-        try:
-            if cond():
-                return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{what}: not within {timeout:.0f}s")
+def wait_for(cond, timeout: float, what: str, proc: ManagedProcess | None = None) -> None:
+    wait_until(cond, timeout, what, interval=0.25, proc=proc)
 
 
 def polls_done(metrics_url: str) -> float:
@@ -591,24 +578,22 @@ class Scenario:
 def run_scenario(sc: Scenario, args: argparse.Namespace, prom_url: str, prom_pid: int, tmp: Path) -> dict:
     cfg = tmp / f"{sc.name}.yaml"
     names = write_config(cfg, sc.graphs, prom_url, sc.forecast, args.poll_interval)
-    grpc_port, http_port = free_port(), free_port()
-    metrics_url = f"http://127.0.0.1:{http_port}/metrics"
     log = tmp / f"{sc.name}.log"
     t_launch = time.time()
-    proc = start_scaler(cfg, grpc_port, http_port, log, sc.switch_interval)
+    proc = start_scaler(cfg, log, sc.switch_interval)
+    metrics_url = f"{proc.http_url}/metrics"
     result: dict = {"scenario": sc.name, "graphs": sc.graphs, "roles": 2 * sc.graphs, "forecast": sc.forecast,
                     "switch_interval": sc.switch_interval}
     mon = Monitor(proc.pid, metrics_url, {"fake-prometheus": prom_pid}, args.scrape_every)
     try:
-        wait_for(lambda: urllib.request.urlopen(metrics_url.replace("/metrics", "/healthz"), timeout=2).status == 200,
-                 120, "scaler HTTP port", proc)
+        proc.wait_healthy(120)
         result["ready_s"] = round(time.time() - t_launch, 2)
         mon.start()
         # The first poll, then one more: forecasters have data, the loop is in its steady rhythm.
         wait_for(lambda: polls_done(metrics_url) >= 2, 10 * args.poll_interval + 300, "two polls", proc)
         result["two_polls_s"] = round(time.time() - t_launch, 2)
         refs = [(g, r) for g in names for r in ROLES]
-        address = f"127.0.0.1:{grpc_port}"
+        address = proc.grpc_address
         phases = []
         if args.idle > 0:
             t0 = time.time()
@@ -627,13 +612,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, prom_url: str, prom_pid
         result["freshness_whole_run"] = freshness(mon, phases[0]["t0"], time.time(), names, args.poll_interval)
         result["rss_mib_peak_hwm"] = round(mem_kib(proc.pid).get("VmHWM", 0) / 1024, 1)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        proc.stop()  # SIGTERM, SIGKILL after 30 s
         if getattr(mon, "_thread", None) is not None and mon._thread.is_alive():
             mon.stop()
     result["scaler_exit_code"] = proc.returncode
@@ -705,25 +684,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_forecast_baseline:
         scenarios.append(Scenario("no-forecast", args.graphs, forecast=False))
 
-    prom_port = free_port()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-scaler-") as d:
         tmp = Path(d)
-        prom = subprocess.Popen([sys.executable, "-m", "load.bench_scaler", "--_fake-prometheus", str(prom_port)],
-                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        try:
-            if prom.stdout.readline().strip() != "ready":
-                raise RuntimeError("the fake Prometheus did not start")
+        with ManagedProcess([sys.executable, "-m", "load.bench_scaler", "--_fake-prometheus", "0"],
+                            name="fake Prometheus", cwd=ROOT, ready=r"^ready (\d+)$") as prom:
+            prom_url = f"http://127.0.0.1:{prom.ready_match[1]}"
             for sc in scenarios:
                 print(f"bench_scaler: scenario {sc.name} ({sc.graphs} graphs, forecast "
                       f"{'on' if sc.forecast else 'off'})...", file=sys.stderr, flush=True)
-                results.append(run_scenario(sc, args, f"http://127.0.0.1:{prom_port}", prom.pid, tmp))
-        finally:
-            prom.send_signal(signal.SIGTERM)
-            try:
-                prom.wait(10)
-            except subprocess.TimeoutExpired:
-                prom.kill()
+                results.append(run_scenario(sc, args, prom_url, prom.pid, tmp))
     report = {
         "command": "python -m load.bench_scaler " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},

@@ -29,8 +29,8 @@ Metrics, per model and horizon:
   tick (with subsampled origins, the mean measured predict CPU stands in for the ticks that were not
   predicted), divided by the minutes of series time covered (warm-up + evaluated ticks). CPU is
   ``time.process_time`` of this process plus its reaped child processes (Prophet's CmdStan optimiser
-  runs as a subprocess) plus, around the fit and the whole tick loop, its live descendants read from
-  /proc (a background refit worker, if a model uses one).
+  runs as a subprocess) plus, around the fit and the whole tick loop, its live descendants read with
+  psutil (a background refit worker, if a model uses one).
 
 ``selected`` marks our automatic choice (``auto``); for models exposing ``chosen`` (auto), how often
 each candidate was in use at the scored origins is reported.
@@ -216,42 +216,29 @@ def _cpu_fast() -> float:
 
 def cpu_seconds() -> float:
     """CPU seconds used by this process, its waited-for children (CmdStan runs as a child) and its
-    live descendants (e.g. a background refit worker process and its children; Linux /proc only)."""
+    live descendants (e.g. a background refit worker process and its children; psutil)."""
     return _cpu_fast() + _live_descendants_cpu()
 
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _children_of(pid: int) -> list[int]:
-    out: list[int] = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                out.extend(int(c) for c in f.read().split())
-        except OSError:
-            continue
-    return out
-
-
 def _live_descendants_cpu() -> float:
-    """utime + stime + cutime + cstime of every live descendant process, from /proc (0 elsewhere)."""
+    """User + system CPU seconds of every live descendant process, including their own reaped
+    children (psutil; 0 without it: install the `test` or `load` extra)."""
     try:
-        todo = _children_of(os.getpid())
-    except OSError:
+        import psutil
+    except ImportError:
         return 0.0
-    total = 0
-    while todo:
-        pid = todo.pop()
+    try:
+        descendants = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in descendants:
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                raw = f.read().decode("ascii", "replace")
-            fields = raw[raw.rfind(")") + 2:].split()
-            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-            todo.extend(_children_of(pid))
-        except (OSError, ValueError, IndexError):
+            t = p.cpu_times()
+        except psutil.Error:
             continue  # exited meanwhile: its time moves to our children's once reaped
-    return total / _CLK_TCK
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 @dataclass
@@ -281,7 +268,7 @@ def _run_model(spec: ModelSpec, series: Series, seed: int, warm: int, origins: n
     try:
         model = spec.build(series.step_s, seed)
         # Per call: this process and its reaped children (cheap). Live descendants (a background
-        # refit worker) are read from /proc only around the fit and around the whole tick loop.
+        # refit worker) are read (psutil) only around the fit and around the whole tick loop.
         d0 = _live_descendants_cpu()
         c0, w0 = _cpu_fast(), time.perf_counter()
         model.fit(t[:warm].copy(), y[:warm].copy())
