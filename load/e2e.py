@@ -25,8 +25,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from scaler.testbench.processes import ManagedProcess, free_port, serve_process, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 GRAPH, NAMESPACE = "demo", "default"
@@ -63,12 +63,6 @@ class E2EResult:
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prometheus_binary() -> str:
@@ -102,16 +96,6 @@ def _get_json(url: str, timeout: float = 5.0) -> dict:
         return json.loads(r.read())
 
 
-def _wait_http(url: str, deadline: float, what: str) -> None:
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{what} did not come up at {url}")
-
-
 class Prometheus:
     def __init__(self, workdir: Path, targets: dict[str, str]) -> None:
         self.port = free_port()
@@ -120,16 +104,17 @@ class Prometheus:
                "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [addr]}]}
                                   for job, addr in targets.items()]}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-        self.log = open(workdir / "prometheus.log", "w")
+        self.log = workdir / "prometheus.log"
         self.argv = [prometheus_binary(), f"--config.file={workdir / 'prometheus.yml'}",
                      f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}",
                      "--log.level=warn"]
+        self.proc: ManagedProcess | None = None
         self.restart()
 
     def restart(self) -> None:
-        """Start the server (again, on the same port and data after a kill)."""
-        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT)
-        _wait_http(f"{self.url}/-/ready", time.monotonic() + 30, "prometheus")
+        """Start the server (again, on the same port and data after a kill); ready when /-/ready answers."""
+        self.proc = ManagedProcess(self.argv, name="prometheus", log_path=self.log, append_log=self.proc is not None,
+                                   ready=lambda: _ready(f"{self.url}/-/ready"), start_timeout=30).start()
 
     def query(self, expr: str, at: float | None = None) -> list[dict]:
         params = {"query": expr} | ({"time": f"{at:.3f}"} if at is not None else {})
@@ -145,13 +130,21 @@ class Prometheus:
             raise ValueError(body.get("error", body))
         return body["data"]["result"]
 
+    def wait_scraped(self, after: float, timeout: float = 30.0) -> None:
+        """Until every target has been scraped, successfully, at or after epoch second `after`."""
+        def done() -> bool:
+            rows = self.query("up")
+            return bool(rows) and all(float(r["value"][1]) == 1.0 for r in rows) and \
+                min(float(v[1]) for v in (r["value"] for r in self.query("timestamp(up)"))) >= after
+        wait_until(done, timeout, "prometheus scraping every target", interval=0.2)
+
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        self.proc.stop()
+
+
+def _ready(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as r:
+        return r.status == 200
 
 
 # The series the result keeps (name -> PromQL), read back over the whole run.
@@ -171,14 +164,14 @@ SERIES = {
 }
 
 
-def _locust(emulator_url: str, workdir: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _locust(emulator_url: str, workdir: Path) -> ManagedProcess:
+    env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [str(Path(sys.executable).with_name("locust")), "-f", str(REPO / "load" / "locustfile.py"), "--headless",
            "--host", emulator_url, "--shape", "burst", "--rate", f"{RATE:g}", "--burst-factor", f"{BURST_FACTOR:g}",
            "--burst-at", f"{BURST_AT:g}", "--burst-for", f"{BURST_FOR:g}", "--duration", f"{DURATION:g}",
            "--isl", str(ISL), "--osl", str(OSL), "--arrivals", "uniform", "--json-file", str(workdir / "locust"),
            "--loglevel", "WARNING"]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(workdir / "locust.log", "w"), stderr=subprocess.STDOUT)
+    return ManagedProcess(cmd, name="locust", cwd=REPO, env=env, log_path=workdir / "locust.log").start()
 
 
 async def _run(workdir: Path, dashboard_queries) -> E2EResult:
@@ -192,20 +185,19 @@ async def _run(workdir: Path, dashboard_queries) -> E2EResult:
     clock = SystemClock()
     emulator = Emulator(EmulatorProfile(startup_delay_s=STARTUP_S), clock=clock, graph=GRAPH, namespace=NAMESPACE)
     await emulator.start("127.0.0.1", 0)
-    grpc_port, http_port = free_port(), free_port()
+    http_port = free_port()  # named in Prometheus' scrape config before the scaler starts
     prom = Prometheus(workdir, {"emulator": emulator.url.removeprefix("http://"), "pdscaler": f"127.0.0.1:{http_port}"})
     (workdir / "pdscaler.yaml").write_text(yaml.safe_dump(scaler_config(prom.url), sort_keys=False))
-    scaler = subprocess.Popen(
-        [sys.executable, "-m", "scaler", "serve", "--config", str(workdir / "pdscaler.yaml"), "--host", "127.0.0.1",
-         "--port", str(grpc_port), "--http-port", str(http_port)],
-        cwd=REPO, stdout=open(workdir / "pdscaler.log", "w"), stderr=subprocess.STDOUT)
+    scaler = serve_process(workdir / "pdscaler.yaml", http_port=http_port, cwd=REPO, log_path=workdir / "pdscaler.log")
     stop = asyncio.Event()
     tasks: list[asyncio.Task] = []
     targets: list = []
-    client = None
+    client = locust = None
     try:
-        await asyncio.to_thread(_wait_http, f"http://127.0.0.1:{http_port}/healthz", time.monotonic() + 60, "pdscaler")
-        client = ExternalScalerClient(f"127.0.0.1:{grpc_port}")
+        await asyncio.to_thread(scaler.start)
+        await asyncio.to_thread(scaler.wait_healthy, 60)
+        grpc_port = scaler.grpc_port
+        client = ExternalScalerClient(scaler.grpc_address)
         for role, adapter in ADAPTERS.items():
             spec = ScaledObjectSpec(
                 name=f"{GRAPH}-{role}", namespace=NAMESPACE,
@@ -215,13 +207,14 @@ async def _run(workdir: Path, dashboard_queries) -> E2EResult:
             path = f"/apis/nvidia.com/v1alpha1/namespaces/{NAMESPACE}/dynamographdeploymentscalingadapters/{adapter}/scale"
             targets.append(HttpScaleTarget(emulator.url, path))
             tasks.append(asyncio.create_task(ScaledObjectEmulator(spec, client, targets[-1], clock).run(stop)))
-        await asyncio.sleep(5)  # a few scrapes before the load
+        t = time.time()
+        await asyncio.to_thread(prom.wait_scraped, t + 3)  # a few scrapes before the load
         start = time.time()
         locust = _locust(emulator.url, workdir)
         rc = await asyncio.to_thread(locust.wait, DURATION + 90)
         end = time.time()
         ha = await _second_scaler(workdir, grpc_port)
-        await asyncio.sleep(2)  # the last scrapes
+        await asyncio.to_thread(prom.wait_scraped, time.time() + 1)  # the last scrapes
         result = E2EResult(start=start, burst=(start + BURST_AT, start + BURST_AT + BURST_FOR), prometheus_url=prom.url,
                            ha=ha)
         try:
@@ -246,13 +239,17 @@ async def _run(workdir: Path, dashboard_queries) -> E2EResult:
             await target.close()
         if client is not None:
             await client.close()
-        scaler.terminate()
-        try:
-            scaler.wait(10)
-        except subprocess.TimeoutExpired:
-            scaler.kill()
+        if locust is not None:
+            await asyncio.to_thread(locust.stop)
+        await asyncio.to_thread(scaler.stop)
         prom.stop()
         await emulator.stop()
+
+
+def _polls(http_url: str) -> float:
+    """pdscaler_polls_total of a scaler's /metrics."""
+    text = urllib.request.urlopen(f"{http_url}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("pdscaler_polls_total "))
 
 
 async def _answers(client, port: int) -> dict[str, float]:
@@ -271,16 +268,16 @@ async def _second_scaler(workdir: Path, port_a: int, samples: int = 8) -> dict[s
     let it poll twice, then compare both scalers' answers once a second."""
     from scaler.testbench.keda import ExternalScalerClient
 
-    port_b, http_b = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scaler", "serve", "--config", str(workdir / "pdscaler.yaml"), "--host", "127.0.0.1",
-         "--port", str(port_b), "--http-port", str(http_b)],
-        cwd=REPO, stdout=open(workdir / "pdscaler-b.log", "w"), stderr=subprocess.STDOUT)
-    a, b = ExternalScalerClient(f"127.0.0.1:{port_a}"), ExternalScalerClient(f"127.0.0.1:{port_b}")
+    proc = serve_process(workdir / "pdscaler.yaml", name="pdscaler serve (B)", cwd=REPO,
+                         log_path=workdir / "pdscaler-b.log")
+    a, b = ExternalScalerClient(f"127.0.0.1:{port_a}"), None
     pairs: dict[str, list[tuple[float, float]]] = {}
     try:
-        await asyncio.to_thread(_wait_http, f"http://127.0.0.1:{http_b}/healthz", time.monotonic() + 60, "pdscaler B")
-        await asyncio.sleep(2 * POLL_S + 1)
+        await asyncio.to_thread(proc.start)
+        await asyncio.to_thread(proc.wait_healthy, 60)
+        port_b = proc.grpc_port
+        b = ExternalScalerClient(proc.grpc_address)
+        await asyncio.to_thread(wait_until, lambda: _polls(proc.http_url) >= 2, 60, "two polls of scaler B", 0.2, proc)
         for _ in range(samples):
             ra, rb = await asyncio.gather(_answers(a, port_a), _answers(b, port_b))
             for role in ra:
@@ -288,12 +285,9 @@ async def _second_scaler(workdir: Path, port_a: int, samples: int = 8) -> dict[s
             await asyncio.sleep(1)
     finally:
         await a.close()
-        await b.close()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if b is not None:
+            await b.close()
+        await asyncio.to_thread(proc.stop)
     return pairs
 
 

@@ -31,6 +31,7 @@ classes here are the LoadTestShape side: the pool size and when the run ends.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,6 +47,7 @@ __all__ = ["OpenLoopShape", "TraceReplay", "Diurnal", "Burst", "Constant", "SHAP
 CHAT_PATH = "/v1/chat/completions"
 #: locust rewrites its --csv files once a second and not at exit: wait that long after the last answer
 CSV_SETTLE_S = 1.2
+log = logging.getLogger(__name__)
 
 
 class OpenLoopShape(LoadTestShape):
@@ -91,11 +93,15 @@ class OpenLoopShape(LoadTestShape):
         t = self.get_run_time()
         end = o.lead_in + s.duration
         if t > end + o.drain:
+            log.warning("open-loop shape: stopping after the %g s drain, %d of %d requests answered", o.drain,
+                        self.answered(), len(s.arrivals))
             return None
         if t > end and self._answered_at is None and self.answered() >= len(s.arrivals):
             self._answered_at = t
         if self._answered_at is not None and t >= self._answered_at + CSV_SETTLE_S:
-            return None  # every request answered, and locust's CSV writer has seen them all
+            # every request answered, and locust's CSV writer has seen them all
+            log.info("open-loop shape: stopping, every scheduled request answered (%d)", len(s.arrivals))
+            return None
         users = o.pool if o.pool > 0 else pool_size(s.arrivals, o.latency_budget, maximum=o.max_users)
         return users, users / max(o.lead_in / 2.0, 0.1)  # all spawned within half the lead-in
 

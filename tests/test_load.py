@@ -12,8 +12,6 @@ import json
 import importlib.util
 import math
 import re
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -26,6 +24,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from scaler.testbench.emulator.app import Emulator
+from scaler.testbench.processes import ManagedProcess, free_port, wait_until
 from scaler.testbench.traces import bundled_trace, load_trace
 from tests.conftest import BackgroundLoop
 
@@ -125,13 +124,19 @@ def locust_cmd(host: str, prefix: Path, *args: str, json_file: bool = True) -> l
             "--csv", str(prefix), *out, "--loglevel", "INFO", *args]
 
 
+def locust(cmd: list[str], cwd: Path, name: str = "locust") -> ManagedProcess:
+    """A locust process, started (its output kept; stopped by the test's `finally` or at exit)."""
+    return ManagedProcess(cmd, name=name, cwd=cwd).start()
+
+
 def run_locust(tmp_path: Path, host: str, *args: str, json_file: bool = True, timeout: float = 40) -> SimpleNamespace:
     prefix = tmp_path / "run"
-    t0 = time.monotonic()
-    p = subprocess.run(locust_cmd(host, prefix, *args, json_file=json_file), cwd=tmp_path, capture_output=True,
-                       text=True, timeout=timeout)
-    return SimpleNamespace(rc=p.returncode, log=p.stdout + p.stderr, csv=read_csv(prefix),
-                           stats=read_stats(prefix) if json_file else None, wall=time.monotonic() - t0)
+    p = locust(locust_cmd(host, prefix, *args, json_file=json_file), tmp_path)
+    try:
+        rc = p.wait(timeout)
+    finally:
+        p.stop()
+    return SimpleNamespace(rc=rc, log=p.output(), csv=read_csv(prefix), stats=read_stats(prefix) if json_file else None)
 
 
 def read_stats(prefix: Path) -> dict[tuple[str, str], dict]:
@@ -230,11 +235,13 @@ def test_diurnal_schedule_follows_the_curve_and_fills_gaps(tmp_path):
 # --------------------------------------------------------------------------- locust against the emulator
 
 
+@pytest.mark.load  # a real locust run
 def test_closed_loop_streams_ttft_itl_and_exact_isl(servers, tmp_path):
     before = scrape(servers.url)
     r = run_locust(tmp_path, servers.url, "-u", "2", "-r", "10", "-t", "4s", "--isl", "300", "--osl", "24",
                    "--html", str(tmp_path / "report.html"))
-    time.sleep(0.5)  # requests cut at -t still finish in the emulator
+    # requests cut at -t still finish in the emulator
+    wait_until(lambda: servers.emu.sim.inflight_requests == 0, 30, "the emulator's requests finished")
     d = delta(scrape(servers.url), before)
     assert r.rc == 0, r.log[-3000:]
     n = count(r.stats, "POST")
@@ -253,6 +260,7 @@ def test_closed_loop_streams_ttft_itl_and_exact_isl(servers, tmp_path):
     assert "TTFT" in (tmp_path / "report.html").read_text()
 
 
+@pytest.mark.load  # a real locust run
 def test_failures_are_counted(servers, tmp_path):
     r = run_locust(tmp_path, servers.broken_url, "-u", "1", "-t", "2s", "--osl", "4")
     n = count(r.stats, "POST")
@@ -266,6 +274,7 @@ def test_failures_are_counted(servers, tmp_path):
     assert "HTTP 404" in wrong.log and "model_not_found" in wrong.log and wrong.rc == 1
 
 
+@pytest.mark.load  # a real locust run
 def test_trace_replay_sends_the_trace(servers, tmp_path):
     trace = [x for x in load_trace(bundled_trace("azure-code")) if x.t < 40]
     before = scrape(servers.url)
@@ -282,9 +291,11 @@ def test_trace_replay_sends_the_trace(servers, tmp_path):
     print(f"trace replay: {len(trace)} requests, schedule lag avg {lag_avg:.1f} ms, max {lag_max:.1f} ms")
     assert lag_avg < 50 and lag_max < 250
     assert int(r.csv[("POST", CHAT)]["Request Count"]) == len(trace)  # the shape waits for the last CSV write
-    assert r.wall < 25  # 5 s of schedule, then it stops once every request was answered
+    # 5 s of schedule, then it stops once every request was answered (not at the end of the 15 s drain)
+    assert "open-loop shape: stopping, every scheduled request answered (63)" in r.log, r.log[-3000:]
 
 
+@pytest.mark.load  # a real locust run
 def test_burst_steps_the_achieved_rate(servers, tmp_path):
     base, k = 5.0, 4.0
     samples: list[tuple[float, float]] = []
@@ -292,16 +303,15 @@ def test_burst_steps_the_achieved_rate(servers, tmp_path):
     cmd = locust_cmd(servers.url, prefix, "--shape", "burst", "--rate", str(base), "--burst-factor", str(k),
                      "--burst-at", "3", "--burst-for", "3", "--duration", "9", "--arrivals", "uniform",
                      "--osl", "8", "--latency-budget", "2", "--drain", "10")
-    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = locust(cmd, tmp_path)
     try:
         while p.poll() is None:
             samples.append((time.time(), scrape(servers.url)["requests"]))
-            time.sleep(0.2)
-        log = p.stdout.read()
-    finally:
-        if p.poll() is None:
-            p.kill()
+            time.sleep(0.2)  # the sampling period of the achieved rate
         p.wait(10)
+    finally:
+        p.stop()
+    log = p.output()
     assert p.returncode == 0, log[-3000:]
     stats = read_stats(prefix)
     assert count(stats, "POST") == 5 * 6 + 20 * 3 and fails(stats) == 0
@@ -321,37 +331,31 @@ def test_burst_steps_the_achieved_rate(servers, tmp_path):
     assert during == pytest.approx(base * k, rel=0.2)
 
 
+@pytest.mark.load  # a real locust run
 def test_diurnal_run_and_distributed_workers_split_the_schedule(servers, tmp_path):
     rates = tmp_path / "rates.csv"
     write_servegen(rates)
-    port = _free_port()
+    port = free_port()  # the master's, named to the workers before it starts
     shape = ["--shape", "diurnal", "--rates", str(rates), "--series", "language/m-mid", "--day-minutes", "0.08",
              "--peak-rate", "12", "--arrivals", "uniform", "--osl", "8", "--latency-budget", "2", "--drain", "10"]
     expected = len(schedules.build_diurnal(opts(rates=str(rates), series="language/m-mid", day_minutes=0.08,
                                                 peak_rate=12, arrivals="uniform")).arrivals)
     worker_cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1",
                   "--master-port", str(port)]
-    workers = [subprocess.Popen(worker_cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True) for _ in range(2)]
+    workers = [locust(worker_cmd, tmp_path, f"locust worker {k}") for k in range(2)]
     try:
         before = scrape(servers.url)
         r = run_locust(tmp_path, servers.url, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port",
                        str(port), "--expect-workers", "2", *shape)
         d = delta(scrape(servers.url), before)
-        logs = [w.communicate(timeout=15)[0] for w in workers]
+        for w in workers:
+            w.wait(15)
+        logs = [w.output() for w in workers]
     finally:
         for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait(5)
+            w.stop(timeout=5)
     assert r.rc == 0, r.log[-3000:]
     assert 30 <= expected <= 45  # 4.8 s at a mean of 12 / 1.5 req/s
     assert count(r.stats, "POST") == expected == d["requests"]
     shares = sorted(int(re.search(r"this process sends (\d+)", log).group(1)) for log in logs)
     assert sum(shares) == expected and shares[1] - shares[0] <= 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
