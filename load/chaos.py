@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from load.e2e import GRAPH, NAMESPACE, REPO, Prometheus, _wait_http, free_port, scaler_config
+from load.e2e import GRAPH, NAMESPACE, REPO, Prometheus, scaler_config
+from scaler.testbench.processes import free_port, serve_process
 
 FAULT_S, RECOVER_S = 18.0, 12.0  # a fault outlasts the 15 s rate window: series that vanish are then gone
 FAULTS = ("prometheus-down", "prometheus-slow", "prometheus-killed", "metrics-gone", "bad-config")
@@ -176,7 +176,7 @@ async def _run(workdir: Path) -> ChaosResult:
     emu_port = int(emulator.url.rsplit(":", 1)[1])
     metrics_proxy = Proxy(emu_port)
     await metrics_proxy.start()
-    http_port, grpc_port = free_port(), free_port()
+    http_port = free_port()  # named in Prometheus' scrape config before the scaler starts
     prom = Prometheus(workdir, {"emulator": f"127.0.0.1:{metrics_proxy.port}", "pdscaler": f"127.0.0.1:{http_port}"})
     prom_proxy = Proxy(prom.port)
     await prom_proxy.start()
@@ -185,10 +185,7 @@ async def _run(workdir: Path) -> ChaosResult:
     cfg_path = workdir / "pdscaler.yaml"
     cfg_text = yaml.safe_dump(config, sort_keys=False)
     cfg_path.write_text(cfg_text)
-    scaler = subprocess.Popen(
-        [sys.executable, "-m", "scaler", "serve", "--config", str(cfg_path), "--host", "127.0.0.1",
-         "--port", str(grpc_port), "--http-port", str(http_port)],
-        cwd=REPO, stdout=open(workdir / "pdscaler.log", "w"), stderr=subprocess.STDOUT)
+    scaler = serve_process(cfg_path, http_port=http_port, cwd=REPO, log_path=workdir / "pdscaler.log")
     roles = config["graphs"][GRAPH]["roles"]
     result = ChaosResult(floors={r: roles[r]["min_replicas"] for r in ROLES},
                          ceilings={r: roles[r]["max_replicas"] for r in ROLES})
@@ -197,8 +194,9 @@ async def _run(workdir: Path) -> ChaosResult:
     stop = asyncio.Event()
     prober = None
     try:
-        await asyncio.to_thread(_wait_http, f"http://127.0.0.1:{http_port}/healthz", time.monotonic() + 60, "pdscaler")
-        prober = asyncio.create_task(_prober(grpc_port, http_port, stop, result.probes))
+        await asyncio.to_thread(scaler.start)
+        await asyncio.to_thread(scaler.wait_healthy, 60)
+        prober = asyncio.create_task(_prober(scaler.grpc_port, http_port, stop, result.probes))
         await asyncio.sleep(RECOVER_S)  # steady state first
         for fault in FAULTS:
             start = time.time()
@@ -208,7 +206,7 @@ async def _run(workdir: Path) -> ChaosResult:
                 prom_proxy.mode = "delay"
             elif fault == "prometheus-killed":
                 prom.proc.kill()
-                prom.proc.wait(10)
+                await asyncio.to_thread(prom.proc.wait, 10)
             elif fault == "metrics-gone":
                 metrics_proxy.mode = "refuse"
             elif fault == "bad-config":
@@ -231,11 +229,7 @@ async def _run(workdir: Path) -> ChaosResult:
         if prober is not None:
             await asyncio.gather(prober, return_exceptions=True)
         replay.cancel()
-        scaler.terminate()
-        try:
-            scaler.wait(10)
-        except subprocess.TimeoutExpired:
-            scaler.kill()
+        await asyncio.to_thread(scaler.stop)
         await prom_proxy.stop()
         await metrics_proxy.stop()
         prom.stop()

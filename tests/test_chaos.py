@@ -10,7 +10,8 @@ import pytest
 from load import chaos
 from scaler.policy.rule import HELD as HELD_RULES
 
-pytestmark = [pytest.mark.skipif(shutil.which("prometheus") is None,
+pytestmark = [pytest.mark.chaos,
+              pytest.mark.skipif(shutil.which("prometheus") is None,
                                  reason="needs the prometheus binary (make test installs it)"),
               pytest.mark.timeout(900)]
 DATA_FAULTS = ("prometheus-down", "prometheus-slow", "prometheus-killed", "metrics-gone")
