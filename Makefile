@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test e2e chaos dashboards proto clean venv system-deps
+.PHONY: demo test test-fast e2e chaos dashboards proto clean venv system-deps
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick loop while editing (about a minute on 2 cores): every test but those marked slow (e2e,
+# chaos, load, fuzz, and the others that take more than a few seconds). `make test` runs them all.
+test-fast: $(STAMP) system-deps
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The end-to-end run alone: real Prometheus, emulator, pdscaler, locust burst, KEDA/HPA emulation.
 e2e: $(STAMP) system-deps

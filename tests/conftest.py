@@ -128,6 +128,17 @@ def serve():
         p.stop()
 
 
+SLOW_KINDS = ("e2e", "chaos", "load", "fuzz")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items):
+    """e2e, chaos, load and fuzz tests are slow too: `make test-fast` (-m "not slow") leaves them out."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 _MARK = pytest.StashKey[int]()
 
 

@@ -6,12 +6,14 @@ import sys
 import time
 
 import grpc
+import pytest
 
 from scaler.rpc import externalscaler_pb2 as pb
 from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
 from scaler.testbench.processes import ManagedProcess, free_port
 
 
+@pytest.mark.slow  # a 20 s demo
 def test_headless_demo_scales_up_under_a_burst():
     port = free_port()  # the demo's gRPC port, named before it starts
     proc = ManagedProcess([sys.executable, "-m", "scaler", "demo", "--no-ui", "--duration", "20", "--speedup", "30",

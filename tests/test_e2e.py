@@ -10,7 +10,8 @@ import pytest
 
 from load import e2e
 
-pytestmark = [pytest.mark.skipif(shutil.which("prometheus") is None,
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(shutil.which("prometheus") is None,
                                  reason="needs the prometheus binary (make test installs it)"),
               pytest.mark.timeout(600)]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -215,16 +214,14 @@ def test_views_attribute_the_prefill_queue_to_ready_workers():
     assert sim.queued_requests == 5
 
 
-def test_replaying_a_scaled_trace_is_fast_and_conserves_requests():
+@pytest.mark.timeout(120)  # a guard only (~0.5 s); its speed is not asserted here
+def test_replaying_a_scaled_trace_conserves_requests():
     reqs = scale_rate(load_trace(bundled_trace("azure-code")), 3)  # ~26k requests over 57 min
     sim = GraphSim(PROFILE, 0.0, {"prefill": 3, "decode": 1})
-    wall = time.perf_counter()
     for i, r in enumerate(reqs):
         sim.submit(r.isl, r.osl, r.t)
         if i % 5000 == 0:
             assert_conserved(sim)
     sim.advance(reqs[-1].t + 120.0)
-    wall = time.perf_counter() - wall
     assert sim.finished == len(reqs)
     assert_conserved(sim)
-    assert wall < 10.0, f"{len(reqs)} requests took {wall:.1f} s"

@@ -67,7 +67,8 @@ def ticks(loop, clock, n: int, prom: FakePrometheus | None = None) -> list[tuple
     return out
 
 
-@pytest.mark.parametrize("fault", ["slow", "empty", "nan", "inf", "negative", "http500", "down"])
+@pytest.mark.parametrize("fault", [pytest.param("slow", marks=pytest.mark.slow),  # 8 polls, a 0.5 s timeout each
+                                   "empty", "nan", "inf", "negative", "http500", "down"])
 def test_prometheus_faults_hold_explain_and_recover(prom, fault):
     loop, clock, store, metrics = make_loop(prom.url)
     ticks(loop, clock, 4)
@@ -181,6 +182,7 @@ def test_config_reloader_keeps_the_old_config_on_an_invalid_file(tmp_path):
     assert r.check() is True and list(applied[-1].graphs) == ["a", "b"] and counted[-1] == "applied"
 
 
+@pytest.mark.slow  # a real serve, two reloads (its reloader looks every 2 s)
 def test_serve_reloads_its_config_file_and_rejects_an_invalid_one(tmp_path, serve):
     path = example_config_file(tmp_path / "pdscaler.yaml")
     example = path.read_text()

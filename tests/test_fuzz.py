@@ -27,6 +27,8 @@ from scaler.server import MAX_VALUE_LEN, SERVICE_NAME, metric_name
 from scaler.store import DecisionStore
 from tests.conftest import grpc_server, make_config
 
+pytestmark = pytest.mark.fuzz
+
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from scaler.testbench.processes import free_port, wait_until
@@ -17,6 +18,7 @@ SECRET_PASSWORD = "pw-3f9c2b7e"
 SECRET_TOKEN = "tok-8d1a6c4f0b"
 
 
+@pytest.mark.slow  # a real serve, several 1 s polls
 def test_serve_logs_no_credentials(tmp_path, serve):
     dead = free_port()  # nothing listens: every request fails and is logged
     kubeconfig = tmp_path / "kubeconfig"
