@@ -33,12 +33,44 @@ def value_for(query: str, demand: float) -> str:
     return "0"
 
 
+_SELECTOR = re.compile(r"\{([^{}]*)\}")
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+
+
+def series_result(query: str, series: list[tuple[dict[str, str], float]]) -> list[dict]:
+    """An instant vector from `series`: the values of the series the query's first selector matches
+    (its label matchers as in PromQL: a missing label is "", regexes anchored at both ends; the metric
+    name is not checked), summed by the labels of its `by (...)` other than le."""
+    m = _SELECTOR.search(query)
+    matchers = [(k, op, re.sub(r"\\(.)", r"\1", v)) for k, op, v in _MATCHER.findall(m.group(1) if m else "")]
+
+    def selected(labels: dict[str, str]) -> bool:
+        for k, op, v in matchers:
+            have = labels.get(k, "")
+            hit = have == v if op in ("=", "!=") else re.fullmatch(v, have) is not None
+            if hit != (op in ("=", "=~")):
+                return False
+        return True
+
+    by = re.search(r"by \(([^)]*)\)", query)
+    keys = [k.strip() for k in by.group(1).split(",") if k.strip() != "le"] if by else []
+    groups: dict[tuple, float] = {}
+    for labels, value in series:
+        if selected(labels):
+            key = tuple((k, labels.get(k, "")) for k in keys)
+            groups[key] = groups.get(key, 0.0) + value
+    return [{"metric": dict(key), "value": [time.time(), str(v)]} for key, v in groups.items()]
+
+
 class FakePrometheus:
-    """`mode`: ok | slow | empty | nan | inf | negative | http500 | hang | trickle. `queries`
+    """`mode`: ok | slow | empty | nan | inf | negative | http500 | hang | trickle | duplicate. `queries`
     counts the requests.
 
     trickle: a valid answer (status line, headers, body) sent one byte every `trickle_delay` seconds
     (each read gets a byte in time: only a total deadline ends the request).
+    duplicate: every series of an answer appears twice.
+    `sample_age` (seconds, or None): samples are stamped that long before the query's `time`.
+    `series` ([(labels, value)], or None): answers come from these series (see series_result).
 
     hang: every request is held open, unanswered, until `close()`; `holding` counts the requests
     held right now and `held` is set once one is (an event to wait on: the client is blocked)."""
@@ -46,6 +78,8 @@ class FakePrometheus:
     def __init__(self) -> None:
         self.mode, self.demand, self.queries = "ok", 200_000.0, 0
         self.trickle_delay = 1.0
+        self.sample_age: float | None = None
+        self.series: list[tuple[dict[str, str], float]] | None = None
         self.seen: list[str] = []
         self.held, self.released = threading.Event(), threading.Event()
         self.holding = 0
@@ -84,6 +118,13 @@ class FakePrometheus:
                     result = [{"metric": {}, "value": [time.time(), value]}]
                 if mode == "empty":
                     result = []
+                if fake.series is not None:
+                    result = series_result(q, fake.series)
+                if fake.sample_age is not None:
+                    at = float(params.get("time", [time.time()])[0]) - fake.sample_age
+                    result = [{**s, "value": [at, s["value"][1]]} for s in result]
+                if mode == "duplicate":
+                    result = [s for s in result for _ in (0, 1)]
                 body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
                 if mode == "trickle":
                     head = f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -93,3 +93,80 @@ def test_graphs_with_the_default_selector_are_read_in_batches():
         assert observations["g3"].signals["ttft_p99"] == 0.2  # the rest still batched
     finally:
         prom.close()
+
+
+def _collect(prom, graphs, now=1_000_000.0, **src):
+    cfg = ScalerConfig.model_validate({"source": {"kind": "prometheus", "url": prom.url, **src}, "graphs": graphs})
+    source = PrometheusSource(cfg)
+    try:
+        return cfg, {o.graph: o for o in source.collect(now)}
+    finally:
+        source.close()
+
+
+def test_a_graph_without_namespace_does_not_count_another_graphs_series():
+    """`chat` (no namespace) matches <any namespace>-chat, namespaces with '-' included, but not
+    x-support-chat: that is graph support-chat's, with a namespace (its exact value) or without one
+    (.+-support-chat). Answered by the fake from the series whose labels the query's matchers select."""
+    from tests.fake_prometheus import FakePrometheus
+
+    prom = FakePrometheus()
+    roles = {"p": {"kind": "prefill"}}
+    prom.series = [({"dynamo_namespace": "prod-chat"}, 10.0), ({"dynamo_namespace": "team-a-chat"}, 5.0),
+                   ({"dynamo_namespace": "x-support-chat"}, 1000.0), ({"dynamo_namespace": "prod-chatty"}, 300.0)]
+    try:
+        for support in ({"namespace": "x", "roles": roles}, {"roles": roles}):
+            _, obs = _collect(prom, {"chat": {"roles": roles}, "support-chat": support})
+            assert obs["chat"].errors == () and obs["support-chat"].errors == ()
+            assert obs["chat"].signals["request_rate"] == 15.0  # prod-chat + team-a-chat
+            assert obs["support-chat"].signals["request_rate"] == 1000.0
+        q = by_name(source().queries("any"))[(None, "request_rate")]
+        assert 'dynamo_namespace=~".+-any"' in q and "!~" not in q  # no other graph ends in -any
+    finally:
+        prom.close()
+
+
+def test_duplicate_series_are_not_used_and_noted():
+    """Two series where one is expected (a batched graph's label value twice, or a single graph's
+    query): the value is not used (missing data) and the observation says why."""
+    from scaler.engine import Engine
+    from tests.fake_prometheus import FakePrometheus
+
+    prom = FakePrometheus()
+    prom.mode = "duplicate"
+    roles = {"prefill": {"kind": "prefill"}, "decode": {"kind": "decode"}}
+    graphs = {"batched": {"namespace": "ns", "roles": roles}, "alone": {"roles": roles}}
+    try:
+        cfg, obs = _collect(prom, graphs)
+        for g in graphs:
+            o = obs[g]
+            assert "request_rate" not in o.signals and "kv_usage" not in o.roles["decode"]
+            assert "request_rate: 2 series where 1 is expected: not used" in o.errors, o.errors
+            assert "decode: kv_usage: 2 series where 1 is expected: not used" in o.errors, o.errors
+        engine = Engine(cfg)
+        engine.observe(obs["batched"])
+        d = engine.decide(1_000_000.0, "batched")
+        assert "request_rate: 2 series where 1 is expected: not used" in d.notes  # pdscaler_data_problems counts these
+        assert {r.reason.rule for r in d.roles.values()} == {"missing-data"}
+    finally:
+        prom.close()
+
+
+def test_samples_older_than_stale_after_are_dropped_as_stale_and_noted():
+    from tests.fake_prometheus import FakePrometheus
+
+    prom = FakePrometheus()
+    roles = {"prefill": {"kind": "prefill"}, "decode": {"kind": "decode"}}
+    graphs = {"batched": {"namespace": "ns", "roles": roles}, "alone": {"roles": roles}}
+    try:
+        prom.sample_age = 3600.0  # stale_after is 90 s
+        _, obs = _collect(prom, graphs)
+        for o in obs.values():
+            assert o.signals == {} and all(not v for v in o.roles.values())
+            assert "request_rate: sample is 3600s old (stale after 90s): not used" in o.errors, o.errors
+            assert "prefill: prefill_queued_tokens: sample is 3600s old (stale after 90s): not used" in o.errors
+        prom.sample_age = 30.0  # fresh enough
+        _, obs = _collect(prom, graphs)
+        assert all(o.errors == () and o.signals["request_rate"] == 100.0 for o in obs.values())
+    finally:
+        prom.close()

@@ -13,7 +13,8 @@ read one graph at a time.
 Bounded waits: every query must be answered completely within source.timeout (connect to last byte:
 a Prometheus that trickles its answer is cut off, scaler/sources/deadline.py), and a poll's queries
 within source.poll_deadline; graphs not read by then get an observation without values noting
-"Prometheus poll exceeded its deadline" (held: missing data).
+"Prometheus poll exceeded its deadline" (held: missing data). Series that cannot be trusted are not
+used and noted: two series where one is expected, and samples older than stale_after.
 """
 
 from __future__ import annotations
@@ -106,10 +107,19 @@ class PrometheusSource:
         self.session.mount(self.prom.url, self.adapter)
         self.poll_deadline = poll_deadline(config)
 
+    def _stale(self, series: dict, now: float) -> str | None:
+        """Why a sample cannot be used for a decision at `now`: stamped more than stale_after ago."""
+        try:
+            age = now - float(series["value"][0])
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+        limit = self.config.stale_after
+        return f"sample is {age:.0f}s old (stale after {limit:.0f}s): not used" if age > limit else None
+
     def queries(self, graph: str) -> dict[tuple[str | None, Signal], str]:
         """(role or None, signal) -> PromQL, for one graph."""
         gcfg = self.config.graphs[graph]
-        gsel = graph_matchers(graph, gcfg)
+        gsel = graph_matchers(graph, gcfg, self.config.graphs)
         out: dict[tuple[str | None, Signal], str] = {}
         for s in GRAPH_SIGNALS:
             out[(None, s)] = render(s, self.names, gsel, self.src.rate_window, self.src.queries.get(s.name))
@@ -125,7 +135,7 @@ class PrometheusSource:
         groups: dict[tuple, dict[str, list[tuple[str, str | None]]]] = {}
         singles: list[str] = []
         for graph, gcfg in self.config.graphs.items():
-            gsel = graph_matchers(graph, gcfg)
+            gsel = graph_matchers(graph, gcfg, self.config.graphs)
             if len(gsel) != 1 or gsel[0][1] != "=":
                 singles.append(graph)
                 continue
@@ -160,13 +170,17 @@ class PrometheusSource:
             raise ValueError(str(body.get("error", body))[:200])
         return body["data"]["result"]
 
-    def _query(self, promql: str, now: float) -> float | None:
+    def _query(self, promql: str, now: float) -> tuple[float | None, str | None]:
+        """(value or None, why a returned value is not used)."""
         result = self.prom.custom_query(query=promql, params={"time": f"{now:.3f}"})
         if not result:
-            return None
+            return None, None
         if len(result) > 1:
-            raise ValueError(f"returned {len(result)} series, expected 1")
-        return float(result[0]["value"][1])
+            return None, f"{len(result)} series where 1 is expected: not used"
+        stale = self._stale(result[0], now)
+        if stale:
+            return None, stale
+        return float(result[0]["value"][1]), None
 
     def collect_graph(self, graph: str, now: float, only: set[str] | None = None) -> Observation:
         """One graph's observation, one query per signal (`only`: just these signals)."""
@@ -178,7 +192,7 @@ class PrometheusSource:
                 continue
             name = signal.name
             try:
-                value = self._query(promql, now)
+                value, problem = self._query(promql, now)
             except Exception as e:  # network, HTTP status, parse: all reported, none fatal
                 errors.append(f"{role + ': ' if role else ''}{name}: query failed: {_short(e)}")
                 if isinstance(e, PollDeadlineExceeded):
@@ -188,6 +202,8 @@ class PrometheusSource:
                     errors.append(f"{UNREACHABLE}: skipped the remaining queries")
                     break
                 continue
+            if problem:
+                errors.append(f"{role + ': ' if role else ''}{name}: {problem}")
             if value is None or (math.isnan(value) and signal.agg in ("mean", "quantile")):
                 continue  # no series, or no events in the window (0/0): absent, not an error
             (roles[role] if role else signals)[name] = value
@@ -262,12 +278,21 @@ class PrometheusSource:
                 elif _unreachable(e):
                     down = f"{UNREACHABLE}: not queried this poll ({_short(e)})"
                 continue
+            by_value: dict[str, list[dict]] = {}
             for series in result:
-                pairs = members.get(series.get("metric", {}).get(label))
+                by_value.setdefault(series.get("metric", {}).get(label), []).append(series)
+            for value, found in by_value.items():
+                pairs = members.get(value)
                 if not pairs:
                     continue
+                problem = (f"{len(found)} series where 1 is expected: not used" if len(found) > 1
+                           else self._stale(found[0], now))
+                if problem:
+                    for g, role in pairs:
+                        values[g][2].append((f"{role}: " if role else "") + f"{sig.name}: {problem}")
+                    continue
                 try:
-                    v = float(series["value"][1])
+                    v = float(found[0]["value"][1])
                 except (KeyError, IndexError, TypeError, ValueError):
                     continue
                 if math.isnan(v) and sig.agg in ("mean", "quantile"):
