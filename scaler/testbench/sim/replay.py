@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from scaler.testbench.sim.actuation import HPA_SYNC_S, HpaActuator
 from scaler.testbench.sim.context import SimContext
 from scaler.testbench.sim.fluid import FluidGraph
 from scaler.testbench.sim.nodes import GpuNodes
-from scaler.testbench.sim.policies import make_policy
+from scaler.testbench.sim.policies import Policy, make_policy
 from scaler.testbench.sim.telemetry import Telemetry
 
 SERVING_ROLES = ("prefill", "decode")
@@ -91,11 +91,12 @@ def _bucket_sum(x: np.ndarray, m: int) -> np.ndarray:
     return np.concatenate([x, np.zeros(pad)]).reshape(-1, m).sum(axis=1)
 
 
-def replay(name: str, ctx: SimContext, progress: Callable[[int], None] | None = None,
-           keep_telemetry: bool = False) -> RunResult:
-    """Replay policy `name` over ctx.workload's simulated span; `progress(steps_done)` now and then."""
+def replay(name: str | Policy, ctx: SimContext, progress: Callable[[int], None] | None = None,
+           keep_telemetry: bool = False, params: Mapping[str, Any] | None = None) -> RunResult:
+    """Replay policy `name` (a registered name, built with `params` as its knobs, or a Policy built
+    already) over ctx.workload's simulated span; `progress(steps_done)` now and then."""
     wall0 = time.perf_counter()
-    policy = make_policy(name, ctx)
+    policy = name if isinstance(name, Policy) else make_policy(name, ctx, **(params or {}))
     wl, dt = ctx.workload, ctx.dt
     n, t0 = wl.n_sim, wl.sim_t0
     rate, isl, osl = ctx.sim("rate"), ctx.sim("isl"), ctx.sim("osl")
@@ -156,7 +157,7 @@ def replay(name: str, ctx: SimContext, progress: Callable[[int], None] | None = 
         summary["max_replicas"]["warm"] = int(c["balloons"].max())
     summary.update(policy.stats())
     summary["wall_s"] = time.perf_counter() - wall0
-    return RunResult(name, summary, plot_series(tel, ctx.ttft_slo), tel if keep_telemetry else None)
+    return RunResult(policy.name, summary, plot_series(tel, ctx.ttft_slo), tel if keep_telemetry else None)
 
 
 def downsample(x: np.ndarray, buckets: int, how: str = "mean") -> np.ndarray:

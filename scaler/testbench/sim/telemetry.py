@@ -16,7 +16,9 @@ them from Dynamo's metrics:
 - gauges at the last step: queued_requests (the prefill backlog plus the requests in prefill,
   as Dynamo's gauge counts from entry to first token), prefill_queued_tokens (backlog plus tokens
   in progress: the router's active prefill tokens), kv_active_blocks, kv_total_blocks, kv_usage,
-  ready_workers per role, kv_block_size.
+  ready_workers per role, kv_block_size; decode_queued_kv_tokens (the KV the decode work waiting
+  for a batch slot would hold: its requests, backlog / OSL, x (ISL + OSL/2); the engines'
+  queued_requests.sum_decode_kv_tokens, which Dynamo's load-based Planner reads).
 
 No scrape lag is modelled: data is fresh at the step it describes (optimistic for every policy
 alike).
@@ -117,7 +119,7 @@ class Telemetry:
             out["itl_mean"] = float((itl * dec).sum() / n_dec)
             out["itl_p99"] = weighted_quantile(itl, dec, 0.99)
         last = i - 1
-        isl = c["isl"][last]
+        isl, osl = c["isl"][last], c["osl"][last]
         last_rate = c["arrivals"][last] / dt
         in_prefill = last_rate * isl / p.prefill.tokens_per_s  # requests being prefilled (Little's law)
         ready_d = c["ready_decode"][last]
@@ -131,6 +133,7 @@ class Telemetry:
             kv_total_blocks=blocks * ready_d,
             kv_active_blocks=c["kv_usage"][last] * blocks * ready_d,
             decode_batch=c["decode_batch"][last],
+            decode_queued_kv_tokens=c["decode_backlog_tokens"][last] / max(osl, 1.0) * (isl + osl / 2.0),
         )
         return out
 

@@ -32,8 +32,14 @@ class ReactiveTtft(Policy):
     name = "reactive-ttft"
     interval_s = 15.0  # the Prometheus query runs at every HPA sync
 
+    def __init__(self, ctx, threshold_s: float = THRESHOLD_TTFT_S) -> None:
+        super().__init__(ctx)
+        if not threshold_s > 0:
+            raise ValueError(f"threshold_s must be > 0, got {threshold_s}")
+        self.threshold_s = threshold_s  # the prefill trigger's threshold (the frontier sweeps it)
+
     def scaled_object(self, role: str) -> ScaledObject:
-        threshold = THRESHOLD_TTFT_S if role == "prefill" else self.ctx.itl_slo
+        threshold = self.threshold_s if role == "prefill" else self.ctx.itl_slo
         ceiling = max(MIN_REPLICAS, int(self.ctx.need[role].max()))
         return ScaledObject(min_replicas=MIN_REPLICAS, max_replicas=ceiling, target=threshold, behavior=None)
 

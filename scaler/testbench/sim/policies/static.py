@@ -1,4 +1,4 @@
-"""`static-peak` and `static-mean`: a constant deployment sized from the whole trace.
+"""`static-peak`, `static-mean` (and `static-size`): a constant deployment sized from the whole trace.
 
 Sized with the oracle's arithmetic (scaler/testbench/sim/sizing.py): static-peak is the most replicas any
 second of the trace needs (so it meets the SLOs everywhere in the fluid model), static-mean the
@@ -38,3 +38,17 @@ class StaticMean(StaticPeak):
         prefill = float(np.mean(rate * isl)) / p.prefill.tokens_per_s
         decode = float(np.mean(rate * osl / decode_tokens_per_s_per_replica(p, isl, osl, c.itl_slo)))
         return {"prefill": max(1, math.ceil(prefill)), "decode": max(1, math.ceil(decode))}
+
+
+class StaticSize(StaticPeak):
+    """`static-size`: a constant deployment of given sizes (`prefill`, `decode`; default 1 each), for
+    sweeps and the static-best search."""
+
+    name = "static-size"
+
+    def __init__(self, ctx, prefill: int = 1, decode: int = 1) -> None:
+        super().__init__(ctx)
+        self.sizes = {"prefill": max(1, int(prefill)), "decode": max(1, int(decode))}
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.sizes)
