@@ -162,7 +162,20 @@ def _names(names: list[str], limit: int = 20) -> str:
 
 class ExternalScaler(pb_grpc.ExternalScalerServicer):
     def __init__(self, config: ScalerConfig, store: DecisionStore) -> None:
-        self.config, self.store = config, store
+        self._config, self.store = config, store
+        self._streams: set = set()  # the open StreamIsActive's wake-ups, called on a config swap
+
+    @property
+    def config(self) -> ScalerConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: ScalerConfig) -> None:
+        """Swapped on a config reload (cli.py's apply, on the server's event loop): the open streams
+        check at once that their graph and role are still configured."""
+        self._config = config
+        for wake in list(self._streams):
+            wake()
 
     def replicas(self, t: Target) -> int:
         decision = self.store.get(t.graph)
@@ -194,10 +207,20 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
         t = await _resolve_or_abort(self, request, context)
         changed = asyncio.Event()
         loop = asyncio.get_running_loop()
-        unsubscribe = self.store.subscribe(lambda: loop.call_soon_threadsafe(changed.set))
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(changed.set)
+
+        unsubscribe = self.store.subscribe(wake)
+        self._streams.add(wake)
         try:
-            last = None
+            last, seen, gone = None, self.config, None
             while True:
+                if self.config is not seen:  # reloaded: the graph or the role may be gone
+                    seen = self.config
+                    gone = _gone(seen, request, t)
+                    if gone is not None:
+                        break
                 active = self.replicas(t) > 0
                 if active != last:
                     yield pb.IsActiveResponse(result=active)
@@ -206,12 +229,32 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
                 changed.clear()
         finally:
             unsubscribe()
+            self._streams.discard(wake)
+        log.info("StreamIsActive for graph %s role %s ended: %s", _show(t.graph), _show(t.role), gone.message)
+        await context.abort(gone.code, gone.message)
 
     async def StreamMetricSpec(self, request, context):
         # The spec (one metric, target 1) never changes for a (graph, role): send it once, keep open.
         t = await _resolve_or_abort(self, request, context)
         yield self._spec(t)
         await asyncio.Event().wait()
+
+
+def _gone(config: ScalerConfig, ref: pb.ScaledObjectRef, t: Target) -> RequestError | None:
+    """Why a stream opened for `t` has nothing to serve under a reloaded `config` (NOT_FOUND), or None."""
+    try:
+        resolve(config, ref)
+        return None
+    except RequestError as e:
+        graph = config.graphs.get(t.graph)
+        if graph is None:
+            why = f"graph {_show(t.graph)} is no longer configured; configured graphs: {_names(sorted(config.graphs))}"
+        elif t.role not in graph.roles:
+            why = (f"role {_show(t.role)} of graph {_show(t.graph)} is no longer configured; "
+                   f"its roles: {_names(sorted(graph.roles))}")
+        else:
+            why = e.message
+        return RequestError(grpc.StatusCode.NOT_FOUND, f"config reloaded: {why}")
 
 
 async def _resolve_or_abort(svc: ExternalScaler, ref, context) -> Target:
