@@ -52,6 +52,7 @@ class ScalerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, parts: tuple[str, ...] = ("loop", "server")) -> None:
         self.registry = registry or CollectorRegistry()
         self.extra: Callable[[], bytes] | None = None
+        self.per_graph: list = []  # instruments labelled by graph: forget() drops a removed graph's series
         r = self.registry
         if "loop" in parts:
             self.poll_seconds = Histogram("pdscaler_poll_duration_seconds", "one decision-loop poll: collect, observe, decide",
@@ -70,6 +71,7 @@ class ScalerMetrics:
             self.polls = Counter("pdscaler_polls_total", "decision-loop polls", registry=r)
             self.decide_errors = Counter("pdscaler_decide_errors_total", "graphs whose decision failed (the last one was kept)",
                                          ["graph"], registry=r)
+            self.per_graph += [self.fit_seconds, self.cluster_errors, self.decide_errors]
         if "server" in parts:
             self.grpc_requests = Counter("pdscaler_grpc_requests_total", "gRPC requests by method and status code",
                                          ["method", "code"], registry=r)
@@ -84,9 +86,21 @@ class ScalerMetrics:
               ages: bool = True) -> "DecisionCollector":
         """Export the latest decisions (and observations, cluster readings) at every scrape. `engine`
         may be a callable returning the current engine (it changes on config reloads)."""
-        collector = DecisionCollector(config, store, engine, cluster, now, ages)
+        collector = DecisionCollector(config, store, engine, cluster, now, ages, self)
         self.registry.register(collector)
         return collector
+
+    def forget(self, graphs: Iterable[str]) -> None:
+        """Drop the per-graph instruments' series of every graph not in `graphs` (a config reload
+        removed it; a graph added again starts its counters from 0, which Prometheus reads as a reset)."""
+        keep = set(graphs)
+        for metric in self.per_graph:
+            seen = {s.labels["graph"] for fam in metric.collect() for s in fam.samples if "graph" in s.labels}
+            for graph in seen - keep:
+                try:
+                    metric.remove(graph)
+                except KeyError:  # removed meanwhile
+                    pass
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
         return _GrpcMetrics(self)
@@ -135,12 +149,26 @@ class _GrpcMetrics(grpc.aio.ServerInterceptor):
 
 class DecisionCollector(Collector):
     """The latest decisions as series. `ages=False` leaves the ages out: `pdscaler serve` renders this
-    in its decision process and the ages, which must be current at scrape time, in the serving one."""
+    in its decision process and the ages, which must be current at scrape time, in the serving one.
+    Only configured graphs have series: replacing `config` (a reload) drops a removed graph's, those
+    of `metrics`' per-graph instruments included."""
 
     def __init__(self, config: ScalerConfig, store: DecisionStore, engine: "Engine | None",
-                 cluster: "ClusterWatcher | None", now: Callable[[], float], ages: bool = True) -> None:
+                 cluster: "ClusterWatcher | None", now: Callable[[], float], ages: bool = True,
+                 metrics: "ScalerMetrics | None" = None) -> None:
+        self.metrics = metrics
         self.config, self.store, self.engine, self.cluster, self.now = config, store, engine, cluster, now
         self.ages = ages
+
+    @property
+    def config(self) -> ScalerConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: ScalerConfig) -> None:
+        self._config = config
+        if self.metrics is not None:
+            self.metrics.forget(config.graphs)
 
     def describe(self) -> Iterable:
         return []  # names vary with the config; collected at scrape time
@@ -199,10 +227,13 @@ class DecisionCollector(Collector):
             self._observed(graph, fam)
             if d.forecast is not None:
                 self._forecast(graph, d.forecast, fam["forecast"])
-        if self.cluster is not None:
+        if self.cluster is not None:  # it may still hold the readings of a graph a reload removed
             for graph, reading in self.cluster.snapshot().items():
-                fam["cluster_age"].add_metric([graph], max(0.0, now - reading.at))
+                if graph in self.config.graphs:
+                    fam["cluster_age"].add_metric([graph], max(0.0, now - reading.at))
             for graph, found in self.cluster.conflicts().items():
+                if graph not in self.config.graphs:
+                    continue
                 for c in found:
                     fam["conflicts"].add_metric([graph, c.role, c.owner_kind, c.owner], 1)
         if not self.ages:

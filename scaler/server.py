@@ -171,9 +171,11 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
 
     @config.setter
     def config(self, config: ScalerConfig) -> None:
-        """Swapped on a config reload (cli.py's apply, on the server's event loop): the open streams
-        check at once that their graph and role are still configured."""
+        """Swapped on a config reload (cli.py's apply, on the server's event loop): the store keeps only
+        the configured graphs' decisions from now on (a removed graph is answered, explained and
+        exported no more), and the open streams check at once that their graph and role still are."""
         self._config = config
+        self.store.retain(config.graphs)
         for wake in list(self._streams):
             wake()
 

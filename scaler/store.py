@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from scaler.decision import Decision
 
@@ -18,12 +18,26 @@ class DecisionStore:
         self._decisions: Mapping[str, Decision] = MappingProxyType({})
         self._listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        self._graphs: frozenset[str] | None = None  # set by retain(): only these graphs are kept
         self.version = 0
 
     def publish(self, decisions: Mapping[str, Decision]) -> None:
         with self._lock:
             merged = {**self._decisions, **decisions}
+            if self._graphs is not None:
+                merged = {g: d for g, d in merged.items() if g in self._graphs}
             self._decisions = MappingProxyType(merged)
+            self.version += 1
+            listeners = list(self._listeners)
+        for notify in listeners:
+            notify()
+
+    def retain(self, graphs: Iterable[str]) -> None:
+        """Keep only these graphs' decisions, now and in every later publish (a config reload removed
+        the others: nothing answers, explains or exports them any more); listeners are told."""
+        with self._lock:
+            self._graphs = frozenset(graphs)
+            self._decisions = MappingProxyType({g: d for g, d in self._decisions.items() if g in self._graphs})
             self.version += 1
             listeners = list(self._listeners)
         for notify in listeners:

@@ -12,8 +12,10 @@ import urllib.request
 import grpc
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from scaler.engine import Engine
+from scaler.http_admin import start_http
 from scaler.metrics import AgeCollector, ScalerMetrics
 from scaler.rpc import externalscaler_pb2 as pb
 from scaler.rpc import externalscaler_pb2_grpc as pb_grpc
@@ -21,6 +23,7 @@ from scaler.server import start_server
 from scaler.store import DecisionStore
 from scaler.testbench.processes import wait_until
 from tests.conftest import BackgroundLoop, example_config_file, make_config
+from tests.fake_prometheus import FakePrometheus
 
 
 def two_graphs(**overrides):
@@ -153,3 +156,102 @@ def test_serve_ends_the_stream_of_a_role_removed_by_sighup_with_not_found(tmp_pa
         proc.stop()
     output = proc.output()
     assert "Traceback" not in output and "KeyError" not in output, output
+
+
+def graphs_on(text: str) -> dict[str, set[str]]:
+    """{series name: the graphs it has samples for} of a /metrics page."""
+    out: dict[str, set[str]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if "graph" in s.labels:
+                out.setdefault(s.name, set()).add(s.labels["graph"])
+    return out
+
+
+def with_graph(text: str, graph: str) -> list[str]:
+    return sorted(name for name, graphs in graphs_on(text).items() if graph in graphs)
+
+
+class FakeCluster:
+    """A ClusterWatcher's read side: a reading and an ownership conflict per graph it was told of."""
+
+    def __init__(self, graphs) -> None:
+        from scaler.kube.ownership import Conflict
+
+        self.readings = {g: type("Reading", (), {"at": 0.0})() for g in graphs}
+        self.found = {g: (Conflict(role="decode", owner_kind="HorizontalPodAutoscaler", owner="other", detail="x"),) for g in graphs}
+
+    def snapshot(self):
+        return dict(self.readings)
+
+    def conflicts(self):
+        return dict(self.found)
+
+
+def test_a_graph_a_reload_removed_has_no_series_on_metrics(served):
+    """In one process as in serve: the servicer's config swapped, the decision collector's config
+    swapped (the decision process's reload), /metrics scraped over loopback."""
+    cfg = two_graphs()
+    s = served(cfg)
+    metrics = ScalerMetrics()
+    metrics.registry.register(AgeCollector(s.store, lambda: 30.0))
+    collector = metrics.watch(cfg, s.store, None, FakeCluster(cfg.graphs), lambda: 30.0, ages=False)
+    for g in cfg.graphs:  # per-graph instruments of the decision loop
+        metrics.fit_seconds.labels(g).observe(0.1)
+        metrics.decide_errors.labels(g).inc()
+        metrics.cluster_errors.labels(g).inc()
+    runner, port = s.bg.run(start_http(s.store, list(cfg.graphs), "127.0.0.1", 0, metrics))
+    try:
+        def page() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        before = with_graph(page(), "b")
+        for name in ("pdscaler_decision_age_seconds", "pdscaler_target_replicas", "pdscaler_graph_info",
+                     "pdscaler_ownership_conflicts", "pdscaler_cluster_reading_age_seconds",
+                     "pdscaler_model_fit_duration_seconds_count", "pdscaler_decide_errors_total"):
+            assert name in before, before
+        new = without(cfg, "b")
+        s.reload(new)  # the serving side, then the decision process's next poll
+        collector.config = new  # the decision process's side of the reload (scaler/worker.py)
+        text = page()
+        assert with_graph(text, "b") == []
+        assert "pdscaler_decision_age_seconds" in with_graph(text, "a")
+        assert "pdscaler_decide_errors_total" in with_graph(text, "a")
+        # A poll that still carried b (sent before the decision process had reloaded) brings nothing back.
+        s.store.publish(Engine(cfg).decide_all(30.0))
+        assert with_graph(page(), "b") == []
+    finally:
+        s.bg.run(runner.cleanup())
+
+
+@pytest.mark.slow  # a real serve and a reload
+def test_serve_exports_nothing_of_a_graph_removed_by_sighup(tmp_path, serve):
+    prom = FakePrometheus()
+    path = example_config_file(tmp_path / "pdscaler.yaml",
+                               edit=lambda d: {**d, "poll_interval": "1s",
+                                               "graphs": {**d["graphs"], "second": d["graphs"]["example"]}})
+    try:
+        proc = serve(path, prometheus_url=prom.url)
+        url = proc.http_url + "/metrics"
+
+        def page() -> str:
+            return urllib.request.urlopen(url, timeout=5).read().decode()
+
+        # The ages (serving process) and the decision series (decision process, after its first poll).
+        wait_until(lambda: {"pdscaler_decision_age_seconds", "pdscaler_target_replicas"} <= set(with_graph(page(), "second")),
+                   30, "graph second's series", proc=proc)
+        data = yaml.safe_load(path.read_text())
+        del data["graphs"]["second"]
+        since = proc.lines
+        path.write_text(yaml.safe_dump(data))
+        proc.send_signal(signal.SIGHUP)
+        proc.wait_for_output(r"config reloaded \(SIGHUP\): graphs example$", 20, since=since)
+        assert not {"pdscaler_decision_age_seconds", "pdscaler_data_age_seconds"} & set(with_graph(page(), "second"))
+        # The decision series go with the decision process's next poll (1 s).
+        wait_until(lambda: not with_graph(page(), "second"), 10, "no series of graph second", proc=proc)
+        text = page()
+        assert {"pdscaler_decision_age_seconds", "pdscaler_target_replicas"} <= set(with_graph(text, "example"))
+        time.sleep(2.5)  # two more polls: nothing of second comes back
+        assert with_graph(page(), "second") == []
+    finally:
+        prom.close()
