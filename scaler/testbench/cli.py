@@ -1,4 +1,4 @@
-"""The test bench's subcommands of `pdscaler`: emulate, demo, backtest, forecast-eval.
+"""The test bench's subcommands of `pdscaler`: emulate, demo, backtest, frontier, forecast-eval.
 
 Registered through the `pdscaler.commands` entry point (pyproject.toml); each imports what it runs
 only when it runs, so building the parser costs nothing.
@@ -52,13 +52,33 @@ def register(sub) -> None:
     fe.set_defaults(func=cmd_forecast_eval)
 
     bt = sub.add_parser("backtest", help="replay a trace through the fluid model under several scaling policies")
+    _replay_args(bt)
+    bt.add_argument("--policies", help="comma-separated (default oracle,static-peak,static-mean,static-best,reactive-ttft,"
+                    "llmd-keda,planner,planner-load,pdscaler; also planner-prophet)")
+    bt.add_argument("--json", help="write the results as JSON to this file")
+    bt.add_argument("--plot", help="write a PNG: demand, replicas per role per policy, SLO breaches")
+    bt.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a TTY)")
+    bt.set_defaults(func=cmd_backtest)
+
+    fr = sub.add_parser("frontier", help="attainment against GPU-hours: each backtest policy swept over its knob")
+    _replay_args(fr)
+    fr.add_argument("--policies", help="comma-separated (default oracle,static,reactive-ttft,llmd-keda,planner,"
+                    "planner-load,pdscaler; static = sizes around static-best; others one point each)")
+    fr.add_argument("--target", type=float, default=0.99, help="attainment target of the headline and static-best "
+                    "(TTFT and ITL; default 0.99)")
+    fr.add_argument("--json", help="write every point, the fronts and the headline as JSON to this file")
+    fr.add_argument("--plot", help="write a PNG: GPU-hours vs min(TTFT, ITL) attainment, a line per policy")
+    fr.add_argument("--no-progress", action="store_true", help="no progress lines (also off when stderr is not a TTY)")
+    fr.set_defaults(func=cmd_frontier)
+
+
+def _replay_args(bt) -> None:
+    """The workload, hardware and cluster options `backtest` and `frontier` share."""
     bt.add_argument("--trace", required=True, help="per-request trace (Azure CSV, Mooncake JSONL), ServeGen rate CSV, "
                     "or azure-code / azure-conv")
     bt.add_argument("--format", choices=["azure", "mooncake", "rates"], help="trace format (default: detected)")
     bt.add_argument("--series", help="category_model of a rate curve (e.g. language/m-large)")
     bt.add_argument("--rate-scale", type=float, default=1.0, help="multiply the arrival rate (default 1)")
-    bt.add_argument("--policies", help="comma-separated (default oracle,static-peak,static-mean,reactive-ttft,planner,"
-                    "pdscaler; also planner-prophet)")
     bt.add_argument("--profile", help="capacity profile file handed to pdscaler's config")
     bt.add_argument("--config", help="a pdscaler config: its forecast section and first graph's settings and "
                     "roles (matched by kind) apply to the pdscaler policy")
@@ -78,10 +98,6 @@ def register(sub) -> None:
     bt.add_argument("--cold-start", default="300s", help="replica start-up when a node must be provisioned (default 300s)")
     bt.add_argument("--scale-down-unneeded", default="600s", help="idle GPU node kept this long (default 600s)")
     bt.add_argument("--max-replicas", type=int, default=1000, help="per-role ceiling of the adaptive policies")
-    bt.add_argument("--json", help="write the results as JSON to this file")
-    bt.add_argument("--plot", help="write a PNG: demand, replicas per role per policy, SLO breaches")
-    bt.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a TTY)")
-    bt.set_defaults(func=cmd_backtest)
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
@@ -151,39 +167,62 @@ def cmd_forecast_eval(args: argparse.Namespace) -> int:
     return _report(ev, args)
 
 
-def cmd_backtest(args: argparse.Namespace) -> int:
-    from scaler.config import ConfigError
-    from scaler.config import parse_duration
-    from scaler.testbench.sim.backtest import progress_wanted, run_backtest
+def _replay_context(args: argparse.Namespace):
+    """The SimContext of `backtest` / `frontier` from their shared options."""
+    from scaler.config import load_config, parse_duration
     from scaler.testbench.sim.context import SimContext
     from scaler.testbench.sim.nodes import NodeSettings
-    from scaler.testbench.sim.policies import DEFAULT_POLICIES
     from scaler.testbench.sim.workload import load_workload
+
+    warm, cold = parse_duration(args.warm_start), parse_duration(args.cold_start)
+    if cold < warm:
+        raise ValueError(f"--cold-start ({cold:g}s) must be at least --warm-start ({warm:g}s)")
+    workload = load_workload(
+        args.trace, args.format, series=args.series, rate_scale=args.rate_scale, dt=args.dt, seed=args.seed,
+        isl=args.isl, osl=args.osl, interpolation=args.interpolation,
+        history_s=parse_duration(args.history) if args.history is not None else None,
+    ).sliced(parse_duration(args.start), parse_duration(args.duration) if args.duration else None)
+    nodes = NodeSettings(warm, cold - warm, parse_duration(args.scale_down_unneeded))
+    overrides = None
+    if args.config:
+        import yaml
+
+        load_config(args.config)  # validated as a whole first: errors name the path and value
+        with open(args.config, encoding="utf-8") as f:
+            overrides = yaml.safe_load(f)
+    return SimContext(workload, ttft_slo=args.slo_ttft, itl_slo=args.slo_itl, nodes=nodes,
+                      profile_path=args.profile, max_replicas=args.max_replicas, engine_overrides=overrides)
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from scaler.config import ConfigError
+    from scaler.testbench.sim.backtest import progress_wanted, run_backtest
+    from scaler.testbench.sim.policies import DEFAULT_POLICIES
 
     try:
         policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else list(DEFAULT_POLICIES)
-        warm, cold = parse_duration(args.warm_start), parse_duration(args.cold_start)
-        if cold < warm:
-            raise ValueError(f"--cold-start ({cold:g}s) must be at least --warm-start ({warm:g}s)")
-        workload = load_workload(
-            args.trace, args.format, series=args.series, rate_scale=args.rate_scale, dt=args.dt, seed=args.seed,
-            isl=args.isl, osl=args.osl, interpolation=args.interpolation,
-            history_s=parse_duration(args.history) if args.history is not None else None,
-        ).sliced(parse_duration(args.start), parse_duration(args.duration) if args.duration else None)
-        nodes = NodeSettings(warm, cold - warm, parse_duration(args.scale_down_unneeded))
-        overrides = None
-        if args.config:
-            import yaml
-
-            from scaler.config import load_config
-
-            load_config(args.config)  # validated as a whole first: errors name the path and value
-            with open(args.config, encoding="utf-8") as f:
-                overrides = yaml.safe_load(f)
-        ctx = SimContext(workload, ttft_slo=args.slo_ttft, itl_slo=args.slo_itl, nodes=nodes,
-                         profile_path=args.profile, max_replicas=args.max_replicas, engine_overrides=overrides)
+        ctx = _replay_context(args)
         bt = run_backtest(args.trace, ctx, policies, progress=progress_wanted(args.no_progress))
     except (ValueError, OSError, ConfigError) as e:
         print(f"pdscaler backtest: {e}", file=sys.stderr)
         return 2
     return _report(bt, args)
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from scaler.config import ConfigError
+    from scaler.testbench.sim.backtest import progress_wanted
+    from scaler.testbench.sim.frontier import FRONTIER_POLICIES, run_frontier
+
+    try:
+        if not 0 < args.target <= 1:
+            raise ValueError(f"--target must be in (0, 1], got {args.target}")
+        policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else list(FRONTIER_POLICIES)
+        ctx = _replay_context(args)
+        log = (lambda msg: print(f"pdscaler frontier: {msg}", file=sys.stderr, flush=True)) \
+            if progress_wanted(args.no_progress) else None
+        fr = run_frontier(args.trace, ctx, policies, target=args.target, progress=log)
+    except (ValueError, OSError, ConfigError) as e:
+        print(f"pdscaler frontier: {e}", file=sys.stderr)
+        return 2
+    return _report(fr, args)

@@ -19,8 +19,16 @@ Planner's favour).
 
 Decision per role: +1 when every engine's estimate is above the SLO; -1 (N > 1) when every engine's
 estimate with the load the survivors would absorb (q or kv x N/(N-1)) is below SLO x sensitivity
-(0.8, `load_scaling_down_sensitivity` 80 %) and, for decode, that load still fits the KV cache
-(which also implies every current estimate is below SLO x sensitivity). Dynamo's newest source applies the
+(0.8, `load_scaling_down_sensitivity` 80 %) and that load is feasible (which also implies every
+current estimate is below SLO x sensitivity): decode, Dynamo's cache-feasibility check, here on
+the engine's sequence cap (the survivors' batch, kv x N/(N-1) / context, within max_num_seqs,
+which binds before the KV cache on this profile) and the KV cache; prefill, the survivors'
+utilisation (prefill tokens/s over the last minute / ((N-1) x V_p)) below 1. The prefill
+feasibility is the replay's stand-in for what a real engine's queue shows near saturation: the
+fluid model has no stochastic queueing, so below capacity its queue is only the tokens in
+progress whatever the utilisation, and without the check 2 fully busy engines pass the
+survivors' test and the Planner steps 4 -> 1 and back on a constant load (a choice in the
+Planner's favour). Dynamo's newest source applies the
 sensitivity to the queue-induced part of the prefill TTFT only ((SLO - own prefill time) x 0.8);
 the replay follows the reference's wording (the whole estimate), which scales prefill down a little
 less readily. One replica per interval and per role; nothing new while a change is pending
@@ -67,7 +75,8 @@ class PlannerLoad(Policy):
         return d.itl_base_s + d.itl_per_seq_s * kv_tokens / max(self.isl + self.osl / 2.0, 1.0)
 
     def _decide(self, n: int, estimate, load: float, slo: float, fits=lambda load: True) -> int:
-        """+1, -1 or 0 for a role of n engines, each carrying `load` (all alike in the fluid model)."""
+        """+1, -1 or 0 for a role of n engines, each carrying `load` (all alike in the fluid model);
+        `fits(survivor_load)`: the feasibility check of a scale-down."""
         if n < 1:
             return 1
         engines = [load] * n  # the Planner's per-engine loop; every engine is the same here
@@ -91,12 +100,16 @@ class PlannerLoad(Policy):
         g = telemetry.window(self.ctx.dt)  # gauges at the last step
         kv_cache = float(self.ctx.profile.kv_tokens_per_replica)
         out = {}
+        prof = self.ctx.profile
         n_p = cluster.replicas("prefill")[1]
         q = g.get("prefill_queued_tokens", 0.0) / max(n_p, 1)
-        dp = self._decide(n_p, self.ttft_estimate, q, self.ctx.ttft_slo)
+        survivors_util = w.get("prefill_tokens_per_s", 0.0) / (max(n_p - 1, 1) * prof.prefill.tokens_per_s)
+        dp = self._decide(n_p, self.ttft_estimate, q, self.ctx.ttft_slo, fits=lambda x: survivors_util < 1.0)
         n_d = cluster.replicas("decode")[1]
         kv = g.get("kv_usage", 0.0) * kv_cache + g.get("decode_queued_kv_tokens", 0.0) / max(n_d, 1)
-        dd = self._decide(n_d, self.itl_estimate, kv, self.ctx.itl_slo, fits=lambda x: x < kv_cache)
+        context = max(self.isl + self.osl / 2.0, 1.0)
+        dd = self._decide(n_d, self.itl_estimate, kv, self.ctx.itl_slo,
+                          fits=lambda x: x < kv_cache and x / context <= prof.decode.max_num_seqs)
         cap = self.ctx.max_replicas
         for role, n, delta in (("prefill", n_p, dp), ("decode", n_d, dd)):
             if delta:
