@@ -6,7 +6,7 @@ nodes and SLOs as `pdscaler backtest`) and reports every point (TTFT and ITL att
 and each policy's Pareto front (the points no cheaper point of the same policy beats on
 min(TTFT, ITL) attainment). Knobs (`sweeps`):
 
-- `static`: constant sizes around static-best's (its prefill and decode sizes x 0.6 ... 1.5, and
+- `static`: constant sizes around static-best's (its prefill and decode sizes x 0.3 ... 1.5, and
   static-peak's), replayed as `static-size`;
 - `reactive-ttft`: the prefill trigger's p99 TTFT threshold, 0.1 ... 0.5 s;
 - `llmd-keda`: the decode trigger's KV-usage threshold, 0.2 ... 0.8 (the prefill threshold is
@@ -37,7 +37,7 @@ from scaler.testbench.sim.context import SimContext
 
 TARGET = 0.99
 FRONTIER_POLICIES = ("oracle", "static", "reactive-ttft", "llmd-keda", "planner", "planner-load", "pdscaler")
-STATIC_FACTORS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
+STATIC_FACTORS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
 REACTIVE_THRESHOLDS_S = (0.1, 0.2, 0.3, 0.4, 0.5)
 LLMD_KV_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 PLANNER_LOAD_SENSITIVITIES = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -297,12 +297,13 @@ class Frontier:
                 lo = max(0.0, self.target - 0.06)
                 ax.set_ylim(lo, 1.002)
                 ax.set_title(f"zoom: attainment >= {lo:.0%}", fontsize=10)
-        wl = self.ctx.workload
-        axes[0].set_title(f"{Path(self.trace).name} ({wl.name}): attainment vs GPU-hours, each policy over its knob")
+        name, wl = Path(self.trace).name, self.ctx.workload.name
+        label = name if wl in (name, Path(self.trace).stem) else f"{name} ({wl})"
+        axes[0].set_title(f"{label}: attainment vs GPU-hours, each policy over its knob", fontsize=11)
         axes[0].set_ylim(-0.02, 1.02)
         axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, borderaxespad=0)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend sits outside the axes
         plt.close(fig)
 
 
