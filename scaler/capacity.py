@@ -54,9 +54,10 @@ class DecodeDemand:
 
 
 def prefill_need(demand: PrefillDemand, profile: PrefillProfile, policy: PrefillCapacity,
-                 correction: float = 1.0) -> Need:
+                 correction: float = 1.0, utilization: float | None = None) -> Need:
+    """`utilization` replaces the policy's target_utilization (1.0: the profile's full capacity)."""
     per_replica = profile.throughput(demand.isl if demand.isl is not None else 0.0) * correction
-    usable = per_replica * policy.target_utilization
+    usable = per_replica * (policy.target_utilization if utilization is None else utilization)
     backlog = demand.queued_tokens / policy.backlog_drain
     total = demand.arrival_tokens_per_s + backlog
     return Need(
@@ -73,7 +74,9 @@ def prefill_need(demand: PrefillDemand, profile: PrefillProfile, policy: Prefill
 
 
 def decode_need(demand: DecodeDemand, profile: DecodeProfile, policy: DecodeCapacity,
-                correction: float = 1.0) -> Need:
+                correction: float = 1.0, utilization: float | None = None) -> Need:
+    """`utilization` replaces the policy's target_utilization of the THROUGHPUT term (1.0: the
+    profile's full capacity); the KV term keeps it (a full KV cache preempts sequences)."""
     figures: dict[str, float] = {}
     terms: dict[str, float] = {}
     if demand.kv_tokens is not None:
@@ -82,7 +85,7 @@ def decode_need(demand: DecodeDemand, profile: DecodeProfile, policy: DecodeCapa
         terms["kv"] = demand.kv_tokens / usable_kv
     if demand.tokens_per_s is not None:
         per_replica = profile.throughput(demand.context or 0.0) * correction
-        usable = per_replica * policy.target_utilization
+        usable = per_replica * (policy.target_utilization if utilization is None else utilization)
         figures |= {"decode_tokens_per_s": demand.tokens_per_s, "tokens_per_s_per_replica": per_replica,
                     "usable_tokens_per_s_per_replica": usable}
         terms["throughput"] = demand.tokens_per_s / usable

@@ -230,6 +230,10 @@ class Slo(_Model):
 
     ttft_s: float = Field(0.5, gt=0, description="time to first token")
     itl_s: float = Field(0.03, gt=0, description="inter-token latency")
+    attainment: float = Field(
+        0.99, gt=0.5, lt=1, description="the share of requests that should meet the SLOs: the calibrated "
+        "headroom sizes for it (forecast.headroom)"
+    )
 
 
 class RatioBounds(_Model):
@@ -356,6 +360,19 @@ class ScrapeSourceConfig(_Model):
     metric_names: MetricNames = Field(default_factory=dict)
 
 
+class HeadroomConfig(_Model):
+    """Calibrated headroom (scaler/policy/headroom.py): size on the median forecast x the multiple that
+    covered the realised peak need in `slo.attainment` of recent windows, at the profile's full
+    capacity, instead of the `quantile` forecast at `target_utilization`."""
+
+    enabled: bool = Field(False, description="false: size on forecast.quantile at each role's target_utilization")
+    prior: float = Field(2.0, ge=1, description="the headroom before any evidence (a cold start)")
+    prior_weight: Duration = Field(3600.0, ge=0, description="the prior weighs as much as this many seconds of windows")
+    window: Duration = Field(86400.0, gt=0, description="the headroom is learned from the windows of this long")
+    min: float = Field(1.0, gt=0, description="bounds of the headroom")
+    max: float = Field(64.0, gt=0)
+
+
 class ForecastConfig(_Model):
     """Forecasting of each graph's demand (see forecasting/demand.py)."""
 
@@ -376,6 +393,7 @@ class ForecastConfig(_Model):
         "the last growth_window (null = unbounded); the safety net covers real surges beyond it"
     )
     growth_window: Duration = Field(3600.0, gt=0, description="the window of that highest observed need")
+    headroom: HeadroomConfig = Field(default_factory=lambda: HeadroomConfig())
 
     @field_validator("model")
     @classmethod

@@ -38,7 +38,7 @@ FORECAST_HORIZONS = (60.0, 300.0, 600.0)
 FIGURES = ("reactive_replicas", "predictive_replicas", "forecast_cap_replicas", "lead_time_s",
            "tokens_per_s_per_replica", "usable_tokens_per_s_per_replica", "usable_kv_tokens_per_replica",
            "arrival_tokens_per_s", "backlog_tokens_per_s", "demand_tokens_per_s", "decode_tokens_per_s",
-           "kv_tokens", "capacity_correction", "serving_gpus", "forecast_gpus")
+           "kv_tokens", "capacity_correction", "serving_gpus", "forecast_gpus", "headroom", "headroom_windows")
 FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 

@@ -31,6 +31,7 @@ from scaler.capacity import (
 from scaler.correction import CapacityCorrection
 from scaler.policy.context import RoleContext, Target, load_of
 from scaler.policy.forecast_cap import ForecastCap
+from scaler.policy.headroom import Headroom
 from scaler.policy.rule import Rule
 
 if TYPE_CHECKING:
@@ -40,31 +41,46 @@ if TYPE_CHECKING:
 
 
 class Need:
-    def __init__(self, forecast: "ForecastConfig") -> None:
+    def __init__(self, forecast: "ForecastConfig", attainment: float, poll_s: float) -> None:
         self.correction = CapacityCorrection()
         self.forecast_cap = ForecastCap(forecast.max_growth, forecast.growth_window)
+        self.headroom = Headroom(forecast.headroom, attainment, poll_s) if forecast.headroom.enabled else None
+        self.poll_s = poll_s
 
     def size(self, ctx: RoleContext) -> Target:
         """The role's need as a target (rule `capacity` or `forecast`). Raises capacity.MissingInput
         when the observation lacks what the capacity rule needs."""
-        reactive, demand = self._reactive(ctx)
-        needs = self._predicted(ctx, demand)
-        # The cap's reference is the need of the ARRIVING demand (a drained backlog is not traffic).
-        arriving = reactive.replicas - reactive.figures.get("backlog_tokens_per_s", 0.0) / max(
-            reactive.figures.get("usable_tokens_per_s_per_replica", 1.0), 1e-9)
-        needs, cap = self.forecast_cap.apply(ctx.now, max(0.0, arriving), needs)
+        # Calibrated headroom: the median forecast at full capacity, times the learned multiple.
+        u, q = (1.0, 0.5) if self.headroom else (None, ctx.quantile)
+        reactive, demand = self._reactive(ctx, u)
+        needs = self._predicted(ctx, demand, q, u)
         h = ctx.horizons
         window = (h >= ctx.warm_s - 1e-9) & (h <= ctx.warm_s + ctx.graph.decision_window + 1e-9)
         if not window.any():
             window = h >= h[-1]
+        figures = {**reactive.figures, "reactive_replicas": reactive.replicas, "lead_time_s": ctx.warm_s,
+                   "capacity_correction": self.correction.factor}
+        sized_on = f"p{round(q * 100)}"
+        # The cap's reference is the need of the ARRIVING demand (a drained backlog is not traffic).
+        arriving = max(0.0, reactive.replicas - reactive.figures.get("backlog_tokens_per_s", 0.0) / max(
+            reactive.figures.get("usable_tokens_per_s_per_replica", 1.0), 1e-9))
+        if self.headroom:
+            requests = ctx.signals.get("request_rate", 0.0) * self.poll_s
+            self.headroom.observe(ctx.now, reactive.replicas, requests)
+            planned = needs[window][np.isfinite(needs[window])]
+            if planned.size:
+                self.headroom.plan(ctx.now, ctx.warm_s, ctx.graph.decision_window, float(planned.max()))
+            hr = self.headroom.headroom()
+            needs = np.maximum(needs, 1.0) * hr
+            figures |= {"headroom": hr, "headroom_windows": float(self.headroom.samples)}
+            sized_on = f"p50 x headroom {hr:.2f} ({self.headroom.why()})"
+        needs, cap = self.forecast_cap.apply(ctx.now, arriving, needs)
         finite = needs[window][np.isfinite(needs[window])]
         predictive = float(finite.max()) if finite.size else None
 
-        figures = {**reactive.figures, "reactive_replicas": reactive.replicas, "lead_time_s": ctx.warm_s,
-                   "capacity_correction": self.correction.factor}
         if predictive is not None and predictive > reactive.replicas:
             raw, rule = predictive, Rule.FORECAST
-            message = (f"forecast p{round(ctx.quantile * 100)} demand over [now+{ctx.warm_s:.0f}s, "
+            message = (f"forecast {sized_on} demand over [now+{ctx.warm_s:.0f}s, "
                        f"+{ctx.graph.decision_window:.0f}s] needs {predictive:.2f} replicas "
                        f"(observed demand: {reactive.replicas:.2f}, {reactive.term})")
         else:
@@ -82,44 +98,45 @@ class Need:
         t.note(rule, f"{t.value} ({message})")
         return t
 
-    def _reactive(self, ctx: RoleContext) -> tuple[CapacityNeed, PrefillDemand | DecodeDemand]:
+    def _reactive(self, ctx: RoleContext, u: float | None) -> tuple[CapacityNeed, PrefillDemand | DecodeDemand]:
         """The observed demand's need; the correction learns from the observed latency at this load."""
         g, r, profile = ctx.signals, ctx.role_signals, ctx.profile
         if ctx.kind == "prefill":
             demand = observed_prefill_demand(g, r)
-            need = prefill_need(demand, profile.prefill, ctx.config.prefill, self.correction.factor)
+            need = prefill_need(demand, profile.prefill, ctx.config.prefill, self.correction.factor, u)
             load = load_of(need.figures.get("arrival_tokens_per_s"), need.figures.get("tokens_per_s_per_replica"),
                            r.get("ready_workers"))
             self.correction.update(ctx.now, g.get("ttft_p99"), ctx.graph.slo.ttft_s, load)
         else:
             demand = observed_decode_demand(g, r, profile.decode.kv_tokens)
-            need = decode_need(demand, profile.decode, ctx.config.decode, self.correction.factor)
+            need = decode_need(demand, profile.decode, ctx.config.decode, self.correction.factor, u)
             load = load_of(need.figures.get("decode_tokens_per_s"), need.figures.get("tokens_per_s_per_replica"),
                            r.get("ready_workers"))
             self.correction.update(ctx.now, g.get("itl_p99"), ctx.graph.slo.itl_s, load)
         return need, demand
 
-    def _predicted(self, ctx: RoleContext, demand: PrefillDemand | DecodeDemand) -> np.ndarray:
-        """Replicas the forecast demand needs at each horizon (NaN where there is no forecast)."""
+    def _predicted(self, ctx: RoleContext, demand: PrefillDemand | DecodeDemand, q: float,
+                   u: float | None) -> np.ndarray:
+        """Replicas the forecast demand (quantile q) needs at each horizon (NaN where there is none)."""
         if ctx.forecast is None:
             return np.full(len(ctx.horizons), np.nan)
         factor = self.correction.factor
         if ctx.kind == "prefill":
-            return _prefill_needs(ctx.forecast, ctx.quantile, demand.isl, ctx, factor)
-        return _decode_needs(ctx.forecast, ctx.quantile, context(ctx.signals), ctx, factor)
+            return _prefill_needs(ctx.forecast, q, demand.isl, ctx, factor, u)
+        return _decode_needs(ctx.forecast, q, context(ctx.signals), ctx, factor, u)
 
 
 def _prefill_needs(forecast: "DemandForecast", q: float, isl: float | None, ctx: RoleContext,
-                   factor: float) -> np.ndarray:
+                   factor: float, u: float | None) -> np.ndarray:
     if "prefill_tokens_per_s" not in forecast.series:
         return np.full(len(forecast.horizons), np.nan)
     d = forecast.at("prefill_tokens_per_s", q)
     return np.array([prefill_need(PrefillDemand(float(x), 0.0, isl), ctx.profile.prefill, ctx.config.prefill,
-                                  factor).replicas if math.isfinite(x) else math.nan for x in d])
+                                  factor, u).replicas if math.isfinite(x) else math.nan for x in d])
 
 
 def _decode_needs(forecast: "DemandForecast", q: float, ctx_tokens: float | None, ctx: RoleContext,
-                  factor: float) -> np.ndarray:
+                  factor: float, u: float | None) -> np.ndarray:
     rate = forecast.at("decode_tokens_per_s", q) if "decode_tokens_per_s" in forecast.series else None
     kv = forecast.kv_tokens.get(q)
     out = np.full(len(forecast.horizons), np.nan)
@@ -128,7 +145,8 @@ def _decode_needs(forecast: "DemandForecast", q: float, ctx_tokens: float | None
         kt = float(kv[i]) if kv is not None and math.isfinite(kv[i]) else None
         if tr is None and kt is None:
             continue
-        out[i] = decode_need(DecodeDemand(kt, tr, ctx_tokens), ctx.profile.decode, ctx.config.decode, factor).replicas
+        out[i] = decode_need(DecodeDemand(kt, tr, ctx_tokens), ctx.profile.decode, ctx.config.decode, factor,
+                             u).replicas
     return out
 
 
