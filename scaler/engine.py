@@ -31,6 +31,7 @@ from scaler.config import GraphConfig, RoleConfig, ScalerConfig, load_config
 from scaler.decision import Decision, Reason, RoleDecision
 from scaler.observation import Observation, sanitize
 from scaler.policy import advisory, missing_data
+from scaler.policy.missing_data import staleness
 from scaler.policy.bounds import apply_bounds
 from scaler.policy.budget import apply_budget
 from scaler.policy.cascade import NoCascade
@@ -177,6 +178,7 @@ class Engine:
         """The decision for `graph` (optional when only one graph is configured) at time `now`."""
         graph = self._name(graph)
         gcfg, rules, obs = self.graph_config(graph), self._rules[graph], self._latest.get(graph)
+        self._adopt_running(now, graph, obs)  # the first decision never cuts what runs at once
         for role, r in rules.items():  # start-up times learned from the rollouts observed
             r.startup.observe(now, r.target, ready_of(obs.roles.get(role, {})) if obs else None)
         horizons = self._horizons(graph)
@@ -215,6 +217,20 @@ class Engine:
         if len(self.config.graphs) != 1:
             raise ValueError(f"several graphs configured ({', '.join(self.graphs)}): name one")
         return self.graphs[0]
+
+    def _adopt_running(self, now: float, graph: str, obs: Observation | None) -> None:
+        """Roles without a target yet adopt the replicas the observation says are running (the scale
+        subresource's count, else the ready ones), as adopt_replicas(at=now) would: a fall from them
+        waits for the scale-down window like any other."""
+        if obs is None or staleness(now, obs.at, self.config.stale_after):
+            return
+        running = {}
+        for role, r in self._rules[graph].items():
+            values = obs.roles.get(role, {})
+            if r.target is None and (values.get("desired_replicas") is not None or ready_of(values) is not None):
+                running[role] = replicas_now(values, 0)
+        if running:  # as recommended when observed (before now: a rise now is not held back by it)
+            self.adopt_replicas(graph, running, at=min(obs.at, now - 1e-3))
 
     def _horizons(self, graph: str) -> np.ndarray:
         """Forecast horizons: a grid from now to the longest look-ahead any role needs."""

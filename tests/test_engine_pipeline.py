@@ -286,3 +286,35 @@ def test_a_one_poll_spike_is_not_believed_but_a_sustained_rise_scales_on_its_sec
     d, t = feed(e2, [1600.0, 1600.0], t0=t + 15)
     assert d.replicas["prefill"] >= reactive_prefill(1600.0) and not any("outlier" in n for n in d.notes)
     assert d.roles["prefill"].reason.rule in (Rule.CAPACITY, Rule.FORECAST, Rule.LEAD_TIME_FLOOR)
+
+
+def test_the_first_decision_never_cuts_the_running_replicas_at_once():
+    """An embedder that never calls adopt_replicas: 10 replicas running at low demand stay until the
+    scale-down window has passed, then fall."""
+    e = Engine(config(forecast={"enabled": False}))
+    d, t = feed(e, [16.0], ready={"prefill": 10, "decode": 3})
+    assert d.replicas["prefill"] == 10 and d.roles["prefill"].reason.rule == "stabilisation"
+    d, t = feed(e, [16.0] * 22, t0=t + 15, ready={"prefill": 10, "decode": 3})  # 330 s later
+    assert d.replicas["prefill"] == 1
+
+
+def test_no_cascade_compares_with_the_replicas_asked_for_not_its_own_last_target():
+    """The HPA's 10 % tolerance swallowed the engine's +1 (17 -> 18): the scale subresource still says
+    17, all 17 are ready, nothing is starting. A rise to 22 must go through, not wait for the 18th."""
+    e = Engine(config(forecast={"enabled": False}))
+    running = {"desired_replicas": 17.0, "ready_replicas": 17.0}
+
+    def poll(t, rate):
+        o = obs(t, rate)
+        o.roles["prefill"].update(running)
+        e.observe(o)
+        return e.decide(t + 1)
+
+    poll(0.0, 17.0 * 32_000 / 2000)  # 17 replicas' worth
+    d = poll(15.0, 18.0 * 32_000 / 2000)
+    assert d.replicas["prefill"] == 18  # asked for; the HPA does not act on it (within its tolerance)
+    d = poll(30.0, 22.0 * 32_000 / 2000)
+    assert d.replicas["prefill"] == 22 and d.roles["prefill"].reason.rule == "capacity"
+    running["ready_replicas"] = 15.0  # two replicas of the 17 asked for are starting: hold at 17
+    d = poll(45.0, 25.0 * 32_000 / 2000)
+    assert d.replicas["prefill"] == 17 and d.roles["prefill"].reason.rule == "no-cascade"

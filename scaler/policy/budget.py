@@ -43,15 +43,19 @@ def fit_budget(targets: dict[str, int], gpus: dict[str, int], floors: dict[str, 
 
 def apply_budget(graph: "GraphConfig", targets: dict[str, Target]) -> None:
     """The serving roles within the graph's GPU budget. Floors are min_replicas, and a held role's
-    floor is the target it holds: the budget trims the live roles, never a role held for want of data."""
+    floor is the target it holds: the budget trims the live roles, not a role held for want of data,
+    unless the held targets alone exceed the budget."""
     if graph.gpu_budget is None:
         return
     roles = graph.roles
     serving = {r: t for r, t in targets.items() if t.kind != "warm"}
-    fitted, note = fit_budget({r: t.value for r, t in serving.items()},
-                              {r: roles[r].gpus_per_replica for r in serving},
-                              {r: t.value if t.held else roles[r].min_replicas for r, t in serving.items()},
-                              graph.gpu_budget)
+    gpus = {r: roles[r].gpus_per_replica for r in serving}
+    floors = {r: t.value if t.held else roles[r].min_replicas for r, t in serving.items()}
+    if sum(floors[r] * gpus[r] for r in serving) > graph.gpu_budget:
+        # The held targets alone exceed the budget (e.g. adopted replicas above it): the GPUs are not
+        # there, so the budget binds on every role down to its min_replicas.
+        floors = {r: roles[r].min_replicas for r in serving}
+    fitted, note = fit_budget({r: t.value for r, t in serving.items()}, gpus, floors, graph.gpu_budget)
     if note:
         for r, t in serving.items():
             t.bind(fitted[r], Rule.GPU_BUDGET, note)

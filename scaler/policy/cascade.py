@@ -3,6 +3,8 @@
 A replica takes minutes to start; until it reports ready the load it was meant for is still queued,
 and a naive rule would ask for yet more replicas for the same load. While desired > ready, a role's
 target may not rise above the replicas already asked for (the reactive safety net may override).
+"Asked for" is what the scale subresource says (desired_replicas, read from the cluster) when known,
+else the engine's own last target.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ class NoCascade:
     def apply(self, ctx: RoleContext, t: Target) -> None:
         if not self.enabled or t.emergency:
             return
+        # Against the replicas the scale subresource asks for when the cluster is read: the engine's own
+        # last target may never have been applied (the HPA's tolerance swallows a +1 at >= 10
+        # replicas), and holding at it would wait forever for replicas nobody is starting.
+        desired = ctx.role_signals.get("desired_replicas")
+        desired = int(desired) if desired is not None else ctx.current
         ready = ctx.ready
-        v, note = hold_while_starting(t.value, ctx.current, int(ready) if ready is not None else None)
+        v, note = hold_while_starting(t.value, desired, int(ready) if ready is not None else None)
         if note:
             t.bind(v, Rule.NO_CASCADE, note)

@@ -25,8 +25,10 @@ WARM_START_STEP_S = 60.0
 ROLE_COLUMNS = {"prefill": {"ready_workers": "ready_prefill"}, "decode": {"ready_workers": "ready_decode"}}
 
 
-def observation(now: float, window: dict[str, float]):
-    """What the server would read from Prometheus, from the telemetry window (None when empty)."""
+def observation(now: float, window: dict[str, float], cluster=None):
+    """What the server would read from Prometheus, from the telemetry window (None when empty), and
+    with `cluster` what its cluster reads would give: each serving role's scale subresource
+    (desired_replicas) and ready replicas."""
     from scaler.observation import Observation
 
     if not window:
@@ -36,6 +38,9 @@ def observation(now: float, window: dict[str, float]):
     for role, columns in ROLE_COLUMNS.items():
         names = (s.name for s in role_signals(role))
         roles[role] = {n: window[columns.get(n, n)] for n in names if columns.get(n, n) in window}
+        if cluster is not None:
+            desired, ready = cluster.replicas(role)
+            roles[role] |= {"desired_replicas": float(desired), "ready_replicas": float(ready)}
     return Observation(graph=GRAPH, at=now, signals=signals, roles=roles)
 
 
@@ -60,7 +65,7 @@ class Pdscaler(Policy):
             self.warm_start_s = time.perf_counter() - t0
 
     def step(self, now, i, telemetry, cluster) -> dict[str, float]:
-        obs = observation(now, telemetry.window(RATE_WINDOW_S))
+        obs = observation(now, telemetry.window(RATE_WINDOW_S), cluster)
         if obs is None:
             return {}
         t0 = time.perf_counter()
