@@ -9,6 +9,8 @@ second over gRPC, and reads /healthz. Faults, one after the other, each followed
 
 - `prometheus-down`: the proxy to Prometheus refuses connections;
 - `prometheus-slow`: it delays every answer beyond the source's timeout;
+- `prometheus-trickle`: it forwards one byte a second (every read is answered in time: only the total
+  deadline of a query and of a poll ends the wait);
 - `prometheus-killed`: the Prometheus process is killed, then started again on the same data;
 - `metrics-gone`: the emulator's /metrics disappear (Prometheus' scrapes fail, its series go stale);
 - `bad-config`: the config file is replaced by an invalid one (the reload must keep the old config),
@@ -35,15 +37,18 @@ from load.e2e import GRAPH, NAMESPACE, REPO, Prometheus, scaler_config
 from scaler.testbench.processes import free_port, serve_process
 
 FAULT_S, RECOVER_S = 18.0, 12.0  # a fault outlasts the 15 s rate window: series that vanish are then gone
-FAULTS = ("prometheus-down", "prometheus-slow", "prometheus-killed", "metrics-gone", "bad-config")
+FAULTS = ("prometheus-down", "prometheus-slow", "prometheus-trickle", "prometheus-killed", "metrics-gone",
+          "bad-config")
 ROLES = ("prefill", "decode", "warm")
 
 
 class Proxy:
-    """A TCP proxy on loopback whose mode can change: pass | refuse | delay."""
+    """A TCP proxy on loopback whose mode can change: pass | refuse | delay | trickle (one byte every
+    `trickle_s`, both ways)."""
 
-    def __init__(self, target_port: int, delay_s: float = 5.0) -> None:
+    def __init__(self, target_port: int, delay_s: float = 5.0, trickle_s: float = 1.0) -> None:
         self.target_port, self.delay_s, self.mode = target_port, delay_s, "pass"
+        self.trickle_s = trickle_s
         self.port = free_port()
         self._server: asyncio.base_events.Server | None = None
 
@@ -72,6 +77,11 @@ class Proxy:
                         break
                     if self.mode == "delay":
                         await asyncio.sleep(self.delay_s)
+                    while self.mode == "trickle" and data and not dst.is_closing():
+                        dst.write(data[:1])
+                        await dst.drain()
+                        data = data[1:]
+                        await asyncio.sleep(self.trickle_s)
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.CancelledError):
@@ -204,6 +214,8 @@ async def _run(workdir: Path) -> ChaosResult:
                 prom_proxy.mode = "refuse"
             elif fault == "prometheus-slow":
                 prom_proxy.mode = "delay"
+            elif fault == "prometheus-trickle":
+                prom_proxy.mode = "trickle"
             elif fault == "prometheus-killed":
                 prom.proc.kill()
                 await asyncio.to_thread(prom.proc.wait, 10)
@@ -237,7 +249,7 @@ async def _run(workdir: Path) -> ChaosResult:
 
 
 def run(workdir: Path | None = None) -> ChaosResult:
-    """The whole run: about two and a half minutes."""
+    """The whole run: about three minutes."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="pdscaler-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_run(workdir))

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.chaos,
               pytest.mark.skipif(shutil.which("prometheus") is None,
                                  reason="needs the prometheus binary (make test installs it)"),
               pytest.mark.timeout(900)]
-DATA_FAULTS = ("prometheus-down", "prometheus-slow", "prometheus-killed", "metrics-gone")
+DATA_FAULTS = ("prometheus-down", "prometheus-slow", "prometheus-trickle", "prometheus-killed", "metrics-gone")
 HELD = {str(r) for r in HELD_RULES}
 
 
