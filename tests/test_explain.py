@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from scaler.testbench.processes import free_port, serve_process
+from scaler.testbench.processes import free_port, serve_process, wait_http
 from tests.conftest import example_config_file
 
 
@@ -14,7 +14,9 @@ from tests.conftest import example_config_file
 def server(tmp_path_factory):
     cfg = example_config_file(tmp_path_factory.mktemp("explain") / "c.yaml")
     with serve_process(cfg, prometheus_url="http://127.0.0.1:1") as proc:
-        proc.wait_healthy(30)
+        # Ready for these tests once the first decision is published (/healthz waits longer with
+        # Prometheus unreachable: first_answer_timeout).
+        wait_http(proc.http_url + "/explain?graph=example", 60, "the first decision", proc=proc)
         yield proc.http_url
 
 
