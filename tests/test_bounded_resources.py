@@ -71,6 +71,7 @@ def wait_healthz(url: str) -> str:
 # --------------------------------------------------------------------------- 1. both address families
 
 
+@pytest.mark.slow  # /healthz answers 200 after first_answer_timeout (~20 s): Prometheus is unreachable
 def test_default_serve_answers_healthz_and_explain_on_ipv4_and_ipv6_loopback(tmp_path):
     serve = start_serve(tmp_path, default_hosts=True)  # --host [::], no --http-host
     try:
@@ -446,6 +447,7 @@ def test_repeated_log_lines_are_counted_not_repeated():
         logger.removeHandler(handler)
 
 
+@pytest.mark.slow  # /healthz answers 200 after first_answer_timeout (~20 s): Prometheus is unreachable
 def test_serve_under_a_flood_of_idle_connections_answers_grpc_and_healthz_and_logs_once(tmp_path):
     import grpc
 
