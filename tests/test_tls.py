@@ -160,14 +160,11 @@ def test_serve_tls_client_name_flags():
 
 
 def test_serve_refuses_client_names_without_client_ca(tmp_path, pki):
-    import sys
-
-    cfg = tmp_path / "c.yaml"
-    subprocess.run([sys.executable, "-m", "scaler", "config", "example"], stdout=cfg.open("w"), check=True, timeout=60)
-    out = subprocess.run([sys.executable, "-m", "scaler", "serve", "--config", str(cfg), "--tls-cert",
-                          str(pki / "server.crt"), "--tls-key", str(pki / "server.key"), "--tls-client-name", "x"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "--tls-client-name needs --tls-client-ca" in out.stderr
+    cfg = example_config_file(tmp_path / "c.yaml")
+    with pytest.raises(ProcessFailed) as out:
+        serve_process(cfg, args=["--tls-cert", str(pki / "server.crt"), "--tls-key", str(pki / "server.key"),
+                                 "--tls-client-name", "x"]).start()
+    assert out.value.returncode == 2 and "--tls-client-name needs --tls-client-ca" in out.value.output
 
 
 def test_tls_without_client_ca_serves_any_client_over_tls(pki):
