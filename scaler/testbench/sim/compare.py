@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-TIMING_KEYS = ("wall_s", "engine_ms_per_call", "warm_start_s")
+TIMING_KEYS = ("wall_s", "engine_ms_per_call", "warm_start_s", "search_wall_s")
 
 
 def _strip(x: Any) -> Any:
