@@ -18,8 +18,8 @@ concurrency per decode engine (requests/s x request duration / engines, Little's
 Planner it patches the scale subresource directly (no KEDA/HPA) and skips an adjustment while a
 previous scale is still rolling out (desired != ready); the predictors are still updated.
 
-Left out: the GPU budget (default 8 GPUs, which would cap every trace here; unlimited instead) and
-the newer 5-second load-based +-1 loop.
+Left out: the GPU budget (default 8 GPUs, which would cap every trace here; unlimited instead). The
+newer 5-second load-based +-1 loop is its own policy, `planner-load` (planner_load.py).
 """
 
 from __future__ import annotations
