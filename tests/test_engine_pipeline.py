@@ -23,21 +23,21 @@ def config(roles=None, forecast=None, **graph) -> ScalerConfig:
     })
 
 
-def obs(t, rate, ready=None, isl=2000.0, osl=100.0, **signals):
+def obs(t, rate, ready=None, isl=2000.0, osl=100.0, queued=0.0, **signals):
     ready = ready or {}
-    roles = {"prefill": {"prefill_queued_tokens": 0.0}, "decode": {"kv_active_blocks": 0.0}}
+    roles = {"prefill": {"prefill_queued_tokens": queued}, "decode": {"kv_active_blocks": 0.0}}
     for r, n in ready.items():
         roles.setdefault(r, {})["ready_workers"] = float(n)
     return Observation("g", t, {"request_rate": rate, "isl_mean": isl, "osl_mean": osl, "kv_block_size": 16.0,
                                 **signals}, roles)
 
 
-def feed(e, rates, t0=0.0, step=15.0, ready=None, **signals):
+def feed(e, rates, t0=0.0, step=15.0, ready=None, queued=0.0, **signals):
     """Observe `rates` every `step` seconds, deciding after each; returns the last decision and t."""
     d, t = None, t0
     for i, r in enumerate(rates):
         t = t0 + i * step
-        e.observe(obs(t, r, ready, **signals))
+        e.observe(obs(t, r, ready, queued=queued, **signals))
         d = e.decide(t + 1)
     return d, t
 
@@ -70,10 +70,11 @@ def test_safety_net_scales_up_at_once_past_the_scale_up_window():
     roles = {"prefill": {"kind": "prefill", "max_replicas": 40, "stabilisation": {"scale_up": "10m"}},
              "decode": {"kind": "decode"}}
     e = Engine(config(roles, forecast={"enabled": False}))
-    d, t = feed(e, [32.0] * 5, ready={"prefill": 2, "decode": 1})
+    d, t = feed(e, [30.0] * 5, ready={"prefill": 2, "decode": 1})
     base = d.replicas["prefill"]
     # Demand unchanged, but the observed p99 TTFT breaks the SLO (0.5 s): a slower GPU, a burst.
-    e.observe(obs(t + 15, 32.0, {"prefill": base, "decode": 1}, ttft_p99=2.0))
+    # The queue holds 0.6 s of the ready replicas' work: the breach is queueing, not long prompts.
+    e.observe(obs(t + 15, 30.0, {"prefill": base, "decode": 1}, queued=0.6 * base * 40_000, ttft_p99=2.0))
     d = e.decide(t + 16)
     assert d.roles["prefill"].reason.rule == "safety-net"
     assert d.replicas["prefill"] == base + max(1, -(-base // 2))
@@ -199,21 +200,23 @@ def test_safety_net_ignores_slow_latency_on_an_idle_pool_and_does_not_compound()
     d, t = feed(e, [5.0] * 3, ready={"prefill": 4, "decode": 1}, ttft_p99=2.0)
     assert d.roles["prefill"].reason.rule != "safety-net"
     # Loaded and breaching: one step from the READY count...
-    d, t = feed(e, [60.0], t0=t + 15, ready={"prefill": 4, "decode": 1}, ttft_p99=2.0)
+    q = 2.0 * 4 * 40_000  # 2 s of queued work on 4 replicas
+    d, t = feed(e, [60.0], t0=t + 15, ready={"prefill": 4, "decode": 1}, queued=q, ttft_p99=2.0)
     assert d.roles["prefill"].reason.rule == "safety-net" and d.replicas["prefill"] == 6
     # ...and while those are starting, a breach that persists asks for no more.
-    d, t = feed(e, [60.0] * 4, t0=t + 15, ready={"prefill": 4, "decode": 1}, ttft_p99=2.0)
+    d, t = feed(e, [60.0] * 4, t0=t + 15, ready={"prefill": 4, "decode": 1}, queued=q, ttft_p99=2.0)
     assert d.replicas["prefill"] == 6
 
 
 def test_safety_net_steps_again_only_after_its_replicas_served_a_cooldown():
     e = Engine(config(forecast={"enabled": False}))
-    d, t = feed(e, [60.0], ready={"prefill": 4, "decode": 1}, ttft_p99=2.0)
+    d, t = feed(e, [60.0], ready={"prefill": 4, "decode": 1}, queued=2.0 * 4 * 40_000, ttft_p99=2.0)
     assert d.replicas["prefill"] == 6
     # Warm start-up 90 s + cooldown 60 s: no second step before 150 s, even with all 6 ready.
-    d, t = feed(e, [60.0] * 9, t0=t + 15, ready={"prefill": 6, "decode": 1}, ttft_p99=2.0)  # 135 s
+    q = 2.0 * 6 * 40_000
+    d, t = feed(e, [60.0] * 9, t0=t + 15, ready={"prefill": 6, "decode": 1}, queued=q, ttft_p99=2.0)  # 135 s
     assert d.replicas["prefill"] == 6
-    d, t = feed(e, [60.0] * 2, t0=t + 15, ready={"prefill": 6, "decode": 1}, ttft_p99=2.0)  # 165 s
+    d, t = feed(e, [60.0] * 2, t0=t + 15, ready={"prefill": 6, "decode": 1}, queued=q, ttft_p99=2.0)  # 165 s
     assert d.replicas["prefill"] == 9  # the second step, taken from the 6 ready
 
 
@@ -318,3 +321,4 @@ def test_no_cascade_compares_with_the_replicas_asked_for_not_its_own_last_target
     running["ready_replicas"] = 15.0  # two replicas of the 17 asked for are starting: hold at 17
     d = poll(45.0, 25.0 * 32_000 / 2000)
     assert d.replicas["prefill"] == 17 and d.roles["prefill"].reason.rule == "no-cascade"
+
