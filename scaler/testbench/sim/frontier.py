@@ -155,7 +155,8 @@ def sweeps(ctx: SimContext, policies: tuple[str, ...] | list[str], target: float
             for p, d in sorted(sizes):
                 tag = " (static-best)" if (p, d) == (best["prefill"], best["decode"]) else ""
                 tag = tag or (" (static-peak)" if (p, d) == (peak["prefill"], peak["decode"]) else "")
-                out.append(Variant("static", f"prefill={p} decode={d}{tag}", "static-size", {"prefill": p, "decode": d}))
+                knob = f"prefill={p} decode={d}{tag}"
+                out.append(Variant("static", knob, "static-size", {"prefill": p, "decode": d}))
         elif name == "reactive-ttft":
             out += [Variant(name, f"threshold={t:g}s", name, {"threshold_s": t}) for t in REACTIVE_THRESHOLDS_S]
         elif name == "llmd-keda":
@@ -280,8 +281,9 @@ class Frontier:
                 pts = sorted(pts, key=lambda p: p.gpu_hours)
                 front = [p for p in pts if p.pareto]
                 if name == "oracle" or len(pts) == 1:
-                    ax.plot([p.gpu_hours for p in pts], [p.attainment for p in pts], marker="*" if name == "oracle" else "D",
-                            ms=12 if name == "oracle" else 7, ls="none", color=c, label=name)
+                    star = name == "oracle"
+                    ax.plot([p.gpu_hours for p in pts], [p.attainment for p in pts], marker="*" if star else "D",
+                            ms=12 if star else 7, ls="none", color=c, label=name)
                     continue
                 ax.plot([p.gpu_hours for p in front], [p.attainment for p in front], marker="o", ms=5, lw=1.5,
                         color=c, label=f"{name} (front)")
