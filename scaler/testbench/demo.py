@@ -5,7 +5,15 @@ on a virtual clock running `speedup` times faster than wall time. pdscaler's rea
 scrapes the emulator's /metrics, its real gRPC server answers an in-process KEDA + HPA emulation,
 which applies the targets to the emulator's /scale subresources over HTTP. Every component runs on
 the same virtual clock, so start-up delays, polling intervals and stabilisation windows keep their
-real proportions. The terminal shows a live view and ends with a summary.
+real proportions. The KEDA + HPA emulation runs the ScaledObjects pdscaler ships
+(manifests/overlays/dynamo-disagg/scaledobjects.yaml, built by `pdscaler render`: stabilisation
+windows 0, tolerance 0, pollingInterval 15, fallback), not Kubernetes' defaults.
+
+The terminal shows a live view (plain progress lines when stdout is not a terminal or with
+--no-ui) and ends with a summary: the live figures, then the same span of the same trace replayed
+by `pdscaler backtest`'s simulator under pdscaler and the baselines (reactive-ttft, llmd-keda,
+planner-load, static-best, oracle), so the live run can be read against what the alternatives
+would have done.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -25,7 +34,13 @@ from scaler.testbench.emulator.app import Emulator
 from scaler.testbench.emulator.profile import EmulatorProfile
 from scaler.engine import Engine
 from scaler.testbench.hpa import Behavior
-from scaler.testbench.keda import ExternalScalerClient, HttpScaleTarget, ScaledObjectEmulator, ScaledObjectSpec
+from scaler.testbench.keda import (
+    ExternalScalerClient,
+    Fallback,
+    HttpScaleTarget,
+    ScaledObjectEmulator,
+    ScaledObjectSpec,
+)
 from scaler.loop import DecisionLoop
 from scaler.server import start_server
 from scaler.sources.scrape import ScrapeSource
@@ -36,6 +51,8 @@ GRAPH, NAMESPACE = "demo", "default"
 ADAPTERS = {"prefill": f"{GRAPH}-prefillworker", "decode": f"{GRAPH}-decodeworker"}
 # SLOs of the summary: MLPerf Inference's interactive Llama-3.1-8B scenario (TTFT 0.5 s, TPOT 30 ms).
 SLO_TTFT_S, SLO_ITL_S = 0.5, 0.030
+# The policies of the simulated table, in the order printed (`pdscaler backtest --policies`).
+SIM_POLICIES = ("pdscaler", "reactive-ttft", "llmd-keda", "planner-load", "static-best", "oracle")
 
 
 @dataclass
@@ -51,23 +68,62 @@ class DemoOptions:
 
 
 def demo_config(metrics_url: str, max_replicas: dict[str, int]) -> ScalerConfig:
-    return ScalerConfig.model_validate(
-        {
-            "poll_interval": 15,
-            "stale_after": 90,
-            "source": {"kind": "scrape", "targets": {GRAPH: [metrics_url]}, "rate_window": 60},
-            "graphs": {
-                GRAPH: {
-                    "namespace": NAMESPACE,
-                    "roles": {
-                        "prefill": {"kind": "prefill", "min_replicas": 1, "max_replicas": max_replicas["prefill"],
-                                    "component": "PrefillWorker"},
-                        "decode": {"kind": "decode", "min_replicas": 1, "max_replicas": max_replicas["decode"],
-                                   "component": "DecodeWorker"},
-                    },
-                }
-            },
-        }
+    return ScalerConfig.model_validate(demo_config_dict(metrics_url, max_replicas))
+
+
+def demo_config_dict(metrics_url: str, max_replicas: dict[str, int]) -> dict[str, Any]:
+    """The demo's pdscaler config; also the simulated pdscaler's (merged over the backtest's own)."""
+    return {
+        "poll_interval": 15,
+        "stale_after": 90,
+        "source": {"kind": "scrape", "targets": {GRAPH: [metrics_url]}, "rate_window": 60},
+        "graphs": {
+            GRAPH: {
+                "namespace": NAMESPACE,
+                "roles": {
+                    "prefill": {"kind": "prefill", "min_replicas": 1, "max_replicas": max_replicas["prefill"],
+                                "component": "PrefillWorker"},
+                    "decode": {"kind": "decode", "min_replicas": 1, "max_replicas": max_replicas["decode"],
+                               "component": "DecodeWorker"},
+                },
+            }
+        },
+    }
+
+
+def demo_scaled_objects(scaler_address: str, max_replicas: dict[str, int]) -> dict[str, ScaledObjectSpec]:
+    """The ScaledObject of each role, as `pdscaler render` writes it for a Dynamo graph (the objects
+    manifests/overlays/dynamo-disagg ships; tests/test_render.py keeps the two equal), read back into
+    what the KEDA + HPA emulation runs: its HPA behavior, pollingInterval and fallback."""
+    from scaler.render import scaled_object
+
+    return {
+        role: scaled_object_spec(scaled_object(
+            name=f"{GRAPH}-{role}", namespace=NAMESPACE,
+            target={"apiVersion": "nvidia.com/v1alpha1", "kind": "DynamoGraphDeploymentScalingAdapter",
+                    "name": adapter},
+            graph=GRAPH, role=role, min_replicas=1, max_replicas=max_replicas[role], scaler_address=scaler_address))
+        for role, adapter in ADAPTERS.items()
+    }
+
+
+def scaled_object_spec(so: Mapping[str, Any]) -> ScaledObjectSpec:
+    """A ScaledObject manifest (one external trigger) as the emulation's ScaledObjectSpec; unset
+    fields take KEDA's defaults."""
+    spec = so["spec"]
+    fb = spec.get("fallback")
+    return ScaledObjectSpec(
+        name=so["metadata"]["name"],
+        namespace=so["metadata"].get("namespace", "default"),
+        metadata=dict(spec["triggers"][0].get("metadata") or {}),
+        min_replica_count=int(spec.get("minReplicaCount", 0)),
+        max_replica_count=int(spec.get("maxReplicaCount", 100)),
+        polling_interval=float(spec.get("pollingInterval", 30)),
+        cooldown_period=float(spec.get("cooldownPeriod", 300)),
+        initial_cooldown_period=float(spec.get("initialCooldownPeriod", 0)),
+        behavior=Behavior.from_scaled_object_spec(spec),
+        fallback=Fallback(int(fb["failureThreshold"]), int(fb["replicas"]), fb.get("behavior", "static"))
+        if fb else None,
     )
 
 
@@ -113,29 +169,21 @@ async def _demo(opts: DemoOptions) -> int:
     port = server.port
     loop.start()
     client = ExternalScalerClient(f"127.0.0.1:{port}")
+    specs = demo_scaled_objects(f"127.0.0.1:{port}", opts.max_replicas)
     controllers = {
-        role: ScaledObjectEmulator(
-            ScaledObjectSpec(
-                name=f"{GRAPH}-{role}",
-                namespace=NAMESPACE,
-                metadata={"scalerAddress": f"127.0.0.1:{port}", "graph": GRAPH, "role": role},
-                min_replica_count=1,
-                max_replica_count=opts.max_replicas[role],
-                behavior=Behavior.default(),
-            ),
-            client,
-            HttpScaleTarget(emulator.url, _scale_path(adapter)),
-            clock,
-        )
+        role: ScaledObjectEmulator(specs[role], client, HttpScaleTarget(emulator.url, _scale_path(adapter)), clock)
         for role, adapter in ADAPTERS.items()
     }
     targets = [c.target for c in controllers.values()]
     stop = asyncio.Event()
     tasks = [asyncio.create_task(c.run(stop)) for c in controllers.values()]
-    replay = emulator.replay(trace, start_at=clock.now())
-    view = LiveView(opts.ui, port, trace, opts)
+    replay_t0 = clock.now()  # trace time 0 on the virtual clock
+    replay = emulator.replay(trace, start_at=replay_t0)
+    # rich's Live needs a terminal: piped (`make demo | tee demo.log`, CI) it would print nothing
+    # until its last frame, so the plain progress lines are printed instead.
+    view = LiveView(opts.ui and sys.stdout.isatty(), port, trace, opts)
     wall0 = time.monotonic()
-    end_virtual = trace[-1].t + 120.0  # let the tail drain
+    end_virtual = replay_t0 + trace[-1].t + 120.0  # let the tail drain
     rows: list[Row] = []
     try:
         with view:
@@ -158,7 +206,16 @@ async def _demo(opts: DemoOptions) -> int:
             await t.close()
         await server.stop(grace=0)
         await emulator.stop()
-    print(summary(emulator, rows, opts))
+    live = summary(emulator, rows, opts)
+    # The same span of the trace: all of it, or what a run cut short by --duration played.
+    played = rows[-1].t - replay_t0 if rows else 0.0
+    span = None if opts.duration is None else max(1.0, min(played, trace[-1].t + 1.0))
+    print(live + "\n", flush=True)
+    try:
+        sim = simulated_table(opts, span, emulator.profile)
+    except Exception as e:  # noqa: BLE001 - the live run's summary stands without the simulation
+        sim = f"simulated (pdscaler backtest, same trace): failed: {type(e).__name__}: {e}"
+    print(sim)
     return 0
 
 
@@ -279,11 +336,65 @@ def summary(emulator: Emulator, rows: list[Row], opts: DemoOptions) -> str:
     lines = [
         "",
         f"summary over {span_h * 60:.1f} virtual minutes ({opts.trace} x{opts.rate_scale:g} at {opts.speedup:g}x):",
+        "live (the emulated graph, pdscaler's loop and gRPC server, KEDA + HPA with the shipped ScaledObjects):",
         f"  requests finished {sim.finished}, still in the graph {sim.in_system}",
         f"  TTFT <= {SLO_TTFT_S}s: {_share(ttft <= SLO_TTFT_S)}   p99 TTFT {_q(ttft, 0.99):.2f}s",
         f"  ITL  <= {SLO_ITL_S * 1000:.0f}ms: {_share(itl <= SLO_ITL_S)}   p99 ITL {_q(itl, 0.99) * 1000:.1f}ms",
-        f"  GPU-hours {gpu_h:.2f} (static at the peak of {peak['prefill']}P+{peak['decode']}D: {static_h:.2f})",
-        "  (a one-hour trace starts cold: no history to forecast from; `pdscaler backtest` compares policies)",
+        f"  GPU-hours {gpu_h:.2f} (static at the peak of {peak['prefill']}P+{peak['decode']}D: {static_h:.2f}), "
+        f"max replicas {peak['prefill']}P/{peak['decode']}D",
+        "  (a one-hour trace starts cold: no history to forecast from)",
+    ]
+    return "\n".join(lines)
+
+
+def simulated_backtest(opts: DemoOptions, duration_s: float | None, profile: EmulatorProfile | None = None):
+    """`pdscaler backtest`'s replay of the demo's workload: the same trace, rate scale, start and span
+    (None: the whole trace), the same hardware profile and SLOs, and a cluster like the emulated one
+    (every replica starts in the profile's startup_delay_s, a GPU is released when its replica goes:
+    no node provisioning, no idle nodes). The pdscaler policy runs the demo's config (its role
+    bounds) merged over the backtest's; the baselines are capped at the demo's largest role maximum.
+    The equivalent command: `pdscaler backtest --trace <trace> --rate-scale <k> --start <s>s
+    [--duration <d>s] --cold-start 90s --scale-down-unneeded 0s --max-replicas 16 --policies ...`
+    with --config set to the demo's config."""
+    from scaler.testbench.sim.backtest import run_backtest
+    from scaler.testbench.sim.context import SimContext
+    from scaler.testbench.sim.nodes import NodeSettings
+    from scaler.testbench.sim.workload import load_workload
+
+    profile = profile or EmulatorProfile()
+    workload = load_workload(opts.trace, rate_scale=opts.rate_scale, history_s=0.0).sliced(opts.start, duration_s)
+    nodes = NodeSettings(warm_start_s=profile.startup_delay_s, node_provision_s=0.0, scale_down_unneeded_s=0.0)
+    ctx = SimContext(workload, profile=profile, ttft_slo=SLO_TTFT_S, itl_slo=SLO_ITL_S, nodes=nodes,
+                     max_replicas=max(opts.max_replicas.values()),
+                     engine_overrides=demo_config_dict("http://127.0.0.1:1/metrics", opts.max_replicas))
+    return run_backtest(opts.trace, ctx, list(SIM_POLICIES))
+
+
+def simulated_table(opts: DemoOptions, duration_s: float | None, profile: EmulatorProfile | None = None) -> str:
+    """The simulated policies as a small table, labelled as such, with how to read it."""
+    bt = simulated_backtest(opts, duration_s, profile)
+    wl = bt.ctx.workload
+    minutes = wl.n_sim * wl.dt / 60
+    cols = ("policy", f"TTFT<={SLO_TTFT_S:g}s", f"ITL<={SLO_ITL_S * 1000:.0f}ms", "GPU-h", "p99 TTFT", "max P/D")
+    rows = []
+    for name in SIM_POLICIES:
+        s = bt.runs[name].summary
+        mx = s["max_replicas"]
+        rows.append((name, f"{s['ttft_attainment']:.1%}", f"{s['itl_attainment']:.1%}", f"{s['gpu_hours']:.2f}",
+                     f"{s['p99_ttft_s']:.2f}s", f"{mx['prefill']}/{mx['decode']}"))
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+
+    def line(cells) -> str:
+        return "  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(cells, widths)))
+
+    start = f" from minute {opts.start / 60:g}" if opts.start else ""
+    lines = [
+        f"simulated (pdscaler backtest, same trace): {opts.trace} x{opts.rate_scale:g}, {minutes:.1f} trace "
+        f"minutes{start}, fluid model, every replica start {bt.ctx.nodes.warm_start_s:g}s as in the emulator:",
+        line(cols),
+        *(line(r) for r in rows),
+        "  how to read: the same requests through the backtest's simulator; pdscaler's row should sit near the live "
+        "figures above, and a policy does better with higher SLO shares at fewer GPU-hours (oracle: knows the demand)",
     ]
     return "\n".join(lines)
 
