@@ -39,6 +39,7 @@ class DemandForecast:
     horizons: np.ndarray
     series: Mapping[str, Forecast]
     kv_tokens: Mapping[float, np.ndarray] = field(default_factory=dict)  # quantile -> KV tokens in use
+    notes: tuple[str, ...] = ()  # what the forecast could not include, and why
 
     def at(self, name: str, q: float) -> np.ndarray:
         return self.series[name].quantile(q)
@@ -147,4 +148,8 @@ class DemandForecaster:
             est = self._kv_formula(series["decode_tokens_per_s"].quantile(q)) * correction
             if not np.isnan(est).any():
                 kv[q] = est
-        return DemandForecast(now=now, horizons=h, series=series, kv_tokens=kv)
+        missing = [n for n, e in (("isl_mean", self.isl), ("osl_mean", self.osl), ("itl_mean", self.itl))
+                   if math.isnan(e.value)]
+        notes = (f"no KV forecast: {', '.join(missing)} not observed yet (Little's law needs the mean ISL, "
+                 f"OSL and ITL); decode is forecast on its token rate alone",) if missing else ()
+        return DemandForecast(now=now, horizons=h, series=series, kv_tokens=kv, notes=notes)

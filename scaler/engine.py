@@ -247,7 +247,11 @@ class Engine:
             forecast, note = self.forecast(now, graph, [float(h) for h in horizons]), None
         except Exception as e:  # size on observed demand alone; the reason says why
             forecast, note = None, f"forecast failed ({_brief(e)}): sized on observed demand only"
-        return forecast, note or self._forecast_errors.get(graph)
+        note = note or self._forecast_errors.get(graph)
+        if note is None and forecast is not None and forecast.notes and any(
+                rc.kind == "decode" for rc in self.config.graphs[graph].roles.values()):
+            note = "; ".join(forecast.notes)
+        return forecast, note
 
     def _contexts(self, now: float, graph: str, obs: Observation | None,
                   forecast: DemandForecast | None, horizons: np.ndarray) -> dict[str, RoleContext]:

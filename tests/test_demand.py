@@ -85,3 +85,14 @@ def test_the_forecaster_and_the_reactive_sizing_read_the_same_kv_figure():
     idle = Observation("g1", 0.0, {"request_rate": 0.0, "prefill_tokens_per_s": 5.0}, {})
     assert demand_values(idle, cfg, kv_per_replica) == ({"request_rate": 0.0, "prefill_tokens_per_s": 0.0,
                                                           "decode_tokens_per_s": 0.0}, None)
+
+
+def test_a_missing_mean_that_disables_the_kv_forecast_is_noted():
+    e = Engine(make_config())
+    for i in range(20):
+        e.observe(Observation("g1", i * 15.0, {"request_rate": 50.0, "isl_mean": 2000.0, "osl_mean": 100.0,
+                                               "kv_block_size": 16.0},
+                              {"decode": {"kv_active_blocks": 1000.0}}))  # no itl_mean
+    d = e.decide(300.0)
+    assert any("no KV forecast: itl_mean not observed" in n for n in d.notes)
+    assert "forecast_kv_tokens_p90@300s" not in d.reasons["decode"].figures
