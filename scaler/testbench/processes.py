@@ -11,12 +11,14 @@ tests and load/ scripts run) started, waited on until ready, and stopped, in one
   it. `free_port()` is for the cases where a port must be known before the child starts (a
   Prometheus scrape config naming the scaler).
 - Readiness is an event: a line of the child's output (its "serving on ..." line), or an HTTP
-  endpoint answering; never a fixed sleep. If the child exits first, or the deadline passes, the
-  start fails with `ProcessFailed`, whose message holds the end of the child's output.
+  endpoint answering; never a fixed sleep. If the child exits first, the start fails with
+  `ProcessFailed`; if the deadline passes, with `WaitTimeout` (a ProcessFailed and a TimeoutError):
+  both carry the child's output, and their message ends with its last lines.
 - Output: stdout and stderr, merged, read by a thread line by line, kept in memory (`output()`,
   `wait_for_output()`) and, with `log_path`, copied to a file as it comes.
-- Stop: SIGTERM, then after `stop_timeout` SIGKILL. The child runs in its own process group, and
-  what is left of the group (e.g. the decision worker of a killed `serve`) is killed with it.
+- Stop: SIGTERM, then after `stop_timeout` SIGKILL. The child runs in its own process group; what
+  is left of the group and of its descendants (psutil, if installed: e.g. the decision process of
+  a killed `serve`, a refit worker in a group of its own) is killed with it.
 - `started_since(mark)` / `running()` list the processes of this interpreter, so that a test harness
   can print their output when a test fails (tests/conftest.py does).
 
