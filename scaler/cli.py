@@ -132,6 +132,20 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     metrics.extra = worker.child_metrics  # the decision series, rendered in the decision process
     metrics.registry.register(AgeCollector(store, clock.now))
     server = await start_server(config, store, port, host, tls, [metrics.interceptor()], grpc_limits)
+
+    async def report_health(serving: bool | None) -> bool:
+        """gRPC health (and the pdscaler_healthy gauge) from worker.healthy(); /healthz asks it directly."""
+        ok, why = worker.healthy()
+        metrics.healthy.set(1 if ok else 0)
+        if ok != serving:
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE_NAME):
+                await server.health.set(name, status)
+            (log.info if ok or serving is None else log.error)("health: %s", why)
+        return ok
+
+    # start_server said SERVING: not so until the first answers are ready (scaler/worker.py)
+    serving = await report_health(None)
     graphs = list(config.graphs)  # shared with the HTTP port; updated in place on reload
     http = None
     if http_port is not None and http_port >= 0:
@@ -168,22 +182,17 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
         aloop.add_signal_handler(sig, stop.set)
     if reloader is not None:
         aloop.add_signal_handler(signal.SIGHUP, lambda: reloader.reload("SIGHUP"))
-    serving = True
-    while not stop.is_set():  # every few seconds: health, and the config file
-        ok, why = worker.healthy()
-        metrics.healthy.set(1 if ok else 0)
-        if ok != serving:
-            serving = ok
-            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-            for name in ("", SERVICE_NAME):
-                await server.health.set(name, status)
-            (log.info if ok else log.error)("health: %s", why)
+    changed = asyncio.Event()  # the worker's state changed (first answers ready)
+    worker.on_change = lambda: aloop.call_soon_threadsafe(changed.set)
+    while not stop.is_set():  # every few seconds and at each change of the worker: health, the config file
+        changed.clear()
+        serving = await report_health(serving)
         if reloader is not None:
             reloader.check()
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=2.0)
-        except asyncio.TimeoutError:
-            pass
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())]
+        _, pending = await asyncio.wait(waits, timeout=2.0, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
     await server.stop(grace=5)
     if http is not None:
         await http.cleanup()

@@ -440,6 +440,12 @@ class ScalerConfig(_Model):
         300.0, gt=0, description="no poll completed for this long: the decision loop is stuck, health turns "
         "NOT_SERVING and /healthz 503 (the liveness probe restarts the pod); answers keep the last decisions"
     )
+    first_answer_timeout: Duration = Field(
+        20.0, gt=0, description="at start and after a restart of the decision process, gRPC health stays "
+        "NOT_SERVING and /healthz 503 until every role's answer is more than the floor held for want of data "
+        "(the cluster's replicas adopted, or a poll decided on data), at most this long; then SERVING with "
+        "the answers there are"
+    )
     source: PrometheusSourceConfig | ScrapeSourceConfig = Field(
         default_factory=PrometheusSourceConfig, discriminator="kind"
     )

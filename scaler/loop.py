@@ -2,6 +2,11 @@
 
 This is the imperative shell around the pure Engine. It runs in its own thread so that a slow
 Prometheus or a model fit never delays a gRPC answer: the server only reads the DecisionStore.
+
+Cluster reads: the replicas the cluster runs are adopted as soon as the ClusterWatcher has read them
+(its listener), not after the next metrics collection, which may stall for its timeouts; the
+collection itself runs outside the loop's lock. `ready` is set once every role's answer is more than
+the floor held for want of data: adopted from the cluster, or decided on data.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from scaler.decision import Decision
 from scaler.engine import Engine
 from scaler.kube.replicas import with_replicas
 from scaler.observation import Observation
+from scaler.policy.rule import HELD
 from scaler.sources import MetricsSource
 from scaler.store import DecisionStore
 
@@ -39,17 +45,25 @@ class DecisionLoop:
         self._thread: threading.Thread | None = None
         self.ticks = 0
         self.last_error: str | None = None
-        self.last_tick_at = clock.now()
-        self._lock = threading.RLock()  # tick vs reload (the reload comes from another thread)
+        self.last_tick_at = self.clock.now()
+        self.polled = False  # a poll completed
+        self._lock = threading.RLock()  # engine state: tick vs reload vs adoption (other threads)
         self._pending_warm: list[str] = []
         self._notes: dict[str, tuple[str, ...]] = {}  # the data problems last logged, per graph
+        # (graph, role) whose answer is more than the floor held for want of data (adopted, or decided
+        # on data); `ready` once all are.
+        self._settled: set[tuple[str, str]] = set()
+        self.ready = threading.Event()
+        self.ready_reason = ""
         # Answer from the first moment: the floor for every graph, with the reason "no observation yet".
-        self.store.publish(engine.decide_all(clock.now()))
+        self.store.publish(engine.decide_all(self.clock.now()))
+        if cluster is not None and hasattr(cluster, "subscribe"):
+            cluster.subscribe(self.on_cluster_reading)
 
     def tick(self) -> dict[str, Decision]:
-        """One poll: collect, observe, decide, publish. Never raises for source problems."""
-        with self._lock:
-            return self._tick()
+        """One poll: collect, observe, decide, publish. Never raises for source problems. The engine is
+        locked around the collection, not during it (scaler/loop.py's docstring)."""
+        return self._tick()
 
     def reload(self, engine: Engine, source: MetricsSource) -> None:
         """Switch to a new configuration's engine and source between polls. Roles that persist keep
@@ -71,12 +85,54 @@ class DecisionLoop:
             except Exception:
                 pass
 
+    def on_cluster_reading(self, graph: str, reading) -> None:
+        """The ClusterWatcher read `graph` (its thread): adopt its replicas now, without waiting for the
+        metrics collection, and publish the decision that holds them (the first answer of a restart)."""
+        with self._lock:
+            now = self.clock.now()
+            if not self._adopt(graph, reading, now):
+                return
+            try:
+                decision = self.engine.decide(now, graph)
+            except Exception:
+                log.exception("deciding %s after adopting its replicas failed", graph)
+                return
+            self._mark_ready("the cluster's replicas adopted")
+            self.store.publish({graph: decision})
+
+    def _adopt(self, graph: str, reading, now: float) -> list[str]:
+        """Adopt a fresh cluster reading's replicas for the roles that have no target yet (or only the
+        floor held for want of data); they count as settled (caller holds the lock)."""
+        if graph not in self.engine.graphs or not 0 <= now - reading.at <= self.engine.config.stale_after:
+            return []
+        current = {r: rr.desired for r, rr in reading.roles.items() if rr.desired is not None}
+        adopted = self.engine.adopt_replicas(graph, current, at=now)
+        if adopted:
+            log.info("graph %s: adopted the cluster's replicas %s", graph, current)
+        self._settled |= {(graph, r) for r in current if r in self.engine.graph_config(graph).roles}
+        return adopted
+
+    def _mark_ready(self, why: str) -> None:
+        """Set `ready` once every role of every graph is settled (caller holds the lock)."""
+        if self.ready.is_set():
+            return
+        wanted = {(g, r) for g in self.engine.graphs for r in self.engine.graph_config(g).roles}
+        if wanted <= self._settled:
+            self.ready_reason = why
+            self.ready.set()
+            log.info("first answers ready: %s", why)
+
     def _tick(self) -> dict[str, Decision]:
-        now = self.clock.now()
+        with self._lock:  # the cluster's replicas first: adoption never waits on the metrics
+            readings = self.cluster.snapshot() if self.cluster is not None else {}
+            started = self.clock.now()
+            for g, reading in readings.items():
+                self._adopt(g, reading, started)
+            source = self.source
         t0 = time.perf_counter()
         m = self.metrics
-        try:
-            observations = self.source.collect(now)
+        try:  # outside the lock: a stalled source delays neither adoption nor a reload
+            observations = source.collect(started)
             self.last_error = None
         except Exception as e:  # a broken source must not stop the loop: decisions then hold
             self.last_error = f"{type(e).__name__}: {e}"
@@ -85,17 +141,25 @@ class DecisionLoop:
             if m is not None:
                 m.source_errors.labels(type(e).__name__).inc()
         t1 = time.perf_counter()
+        with self._lock:
+            return self._decide_tick(observations, started, t0, t1)
+
+    def _decide_tick(self, observations: list[Observation], started: float, t0: float,
+                     t1: float) -> dict[str, Decision]:
+        m = self.metrics
+        now = max(self.clock.now(), started)
         readings = self.cluster.snapshot() if self.cluster is not None else {}
         for g, reading in readings.items():
-            fresh = now - reading.at <= self.engine.config.stale_after
-            current = {r: rr.desired for r, rr in reading.roles.items() if rr.desired is not None}
-            if fresh and g in self.engine.graphs and self.engine.adopt_replicas(g, current, at=now):
-                log.info("graph %s: adopted the cluster's replicas %s", g, current)
+            self._adopt(g, reading, now)
         for obs in observations:
+            if obs.graph not in self.engine.graphs:
+                continue  # a graph a reload removed while the source was read
             self._observe(with_replicas(obs, readings.get(obs.graph), now, self.engine.config.stale_after))
         t2 = time.perf_counter()
         decisions = self._decide_all(now)
         t3 = time.perf_counter()
+        for g, d in decisions.items():
+            self._settled |= {(g, r) for r, rd in d.roles.items() if rd.reason.rule not in HELD}
         for g, reading in readings.items():
             if reading.conflicts and g in decisions:
                 decisions[g] = replace(decisions[g], warnings=reading.conflicts)
@@ -108,11 +172,13 @@ class DecisionLoop:
                     log.info("graph %s: data problems cleared", g)
                 self._notes[g] = notes
         changed = {g: d for g, d in decisions.items() if _changed(self.store.get(g), d)}
+        self.ticks += 1
+        self.last_tick_at = self.clock.now()
+        self.polled = True
+        self._mark_ready("every role adopted from the cluster or decided on data")  # before the publish: it says so
         self.store.publish(decisions)
         for d in changed.values():
             log.info("decision %s", _one_line(d))
-        self.ticks += 1
-        self.last_tick_at = self.clock.now()
         if m is not None:
             m.source_up.set(0 if self.last_error else 1)
             m.collect_seconds.observe(t1 - t0)
@@ -187,7 +253,8 @@ class DecisionLoop:
         # Warm starts run between polls, up to half of each interval, so that decisions flow from the
         # first poll even when fitting hundreds of graphs on their history takes minutes.
         self._pending_warm = list(self.engine.graphs) if self.can_warm_start() else []
-        next_at = self.clock.now()
+        clock = self.clock
+        next_at = clock.now()
         while not self._stop.is_set():
             self.tick()
             budget_end = time.monotonic() + 0.5 * self.interval / speed(self.clock)
@@ -197,11 +264,11 @@ class DecisionLoop:
                         break
                     self.warm_start_graph(self._pending_warm.pop(0))
             next_at += self.interval
-            if self.clock.now() > next_at + self.interval:
-                next_at = self.clock.now()  # fell behind (slow source, suspended): skip, do not burst
+            if clock.now() > next_at + self.interval:
+                next_at = clock.now()  # fell behind (slow source, suspended): skip, do not burst
             # Wait in small slices so stop() is prompt with a long interval or a virtual clock.
-            while not self._stop.is_set() and self.clock.now() < next_at:
-                self._stop.wait(min(0.05, max(0.001, (next_at - self.clock.now()) / speed(self.clock))))
+            while not self._stop.is_set() and clock.now() < next_at:
+                self._stop.wait(min(0.05, max(0.001, (next_at - clock.now()) / speed(self.clock))))
 
     def start(self) -> "DecisionLoop":
         self._thread = threading.Thread(target=self.run, name="pdscaler-decision-loop", daemon=True)

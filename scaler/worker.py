@@ -6,6 +6,10 @@ DecisionLoop (metrics source, engine, cluster reads) in a spawned child process,
 poll's decisions (with the observations, cluster facts and its own metrics) through a pipe. The serving
 process only stores them and answers from memory. Config reloads are validated in the serving process
 and sent to the child; if the child dies, health turns NOT_SERVING and answers keep the last decisions.
+
+Until the child's first answers are ready (every role adopted from the cluster or decided on data,
+scaler/loop.py), and for at most `first_answer_timeout`, health is NOT_SERVING too: KEDA, through the
+readiness probe, never reads the floor from a fresh replica.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import multiprocessing as mp
 import threading
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 from scaler.config import ScalerConfig
 from scaler.decision import Decision
@@ -27,11 +31,14 @@ log = logging.getLogger("pdscaler.worker")
 class Tick:
     """What the child sends after each poll: the decisions (without their forecast arrays, which only
     the child's metrics use) and the child's metrics page (its loop instruments and the decision
-    series; the serving process adds the ages)."""
+    series; the serving process adds the ages). `polled_at`: when its last poll completed (None before
+    the first); `ready`: its first answers are ready (scaler/loop.py)."""
 
     at: float
     decisions: dict[str, Decision]
     metrics: bytes = b""
+    polled_at: float | None = None
+    ready: bool = False
 
 
 def _child(config: ScalerConfig, conn, log_level: int) -> None:  # pragma: no cover - runs in the child
@@ -62,7 +69,8 @@ def _child(config: ScalerConfig, conn, log_level: int) -> None:  # pragma: no co
         if loop is None:
             return
         decisions = {g: replace(d, forecast=None) for g, d in store.all().items()}
-        tick = Tick(at=clock.now(), decisions=decisions, metrics=metrics.exposition())
+        tick = Tick(at=clock.now(), decisions=decisions, metrics=metrics.exposition(),
+                    polled_at=loop.last_tick_at if loop.polled else None, ready=loop.ready.is_set())
         with send_lock:
             try:
                 conn.send(tick)
@@ -112,6 +120,7 @@ class DecisionWorker:
                                 name="pdscaler-decisions", daemon=True)
         self.tick: Tick | None = None
         self.started_at = clock.now()
+        self.on_change: Callable[[], None] | None = None  # health may have changed (from worker threads)
         # Answer from the first moment, like the in-process loop: the floors, "no observation yet".
         store.publish(Engine(config).decide_all(clock.now()))
 
@@ -127,8 +136,14 @@ class DecisionWorker:
             except (EOFError, OSError):
                 return
             known = {g: d for g, d in tick.decisions.items() if g in self.config.graphs}
+            tell = tick.ready and not (self.tick is not None and self.tick.ready)
             self.tick = tick
             self.store.publish(known)
+            if tell and self.on_change is not None:
+                try:
+                    self.on_change()
+                except Exception:  # e.g. the event loop is closing
+                    pass
 
     def reload(self, config: ScalerConfig) -> None:
         self.config = config
@@ -137,11 +152,17 @@ class DecisionWorker:
     def healthy(self) -> tuple[bool, str]:
         if not self.proc.is_alive() and self.proc.exitcode is not None:
             return False, f"the decision worker exited (code {self.proc.exitcode}); answers keep the last decisions"
-        last = self.tick.at if self.tick is not None else self.started_at
-        age = self.clock.now() - last
+        tick, now = self.tick, self.clock.now()
+        waited = now - self.started_at
+        if not (tick is not None and tick.ready) and waited < self.config.first_answer_timeout:
+            return False, (f"waiting for the first answers (the cluster's replicas adopted, or a poll decided "
+                           f"on data): {waited:.0f}s of first_answer_timeout {self.config.first_answer_timeout:.0f}s")
+        last = tick.polled_at if tick is not None and tick.polled_at is not None else self.started_at
+        age = now - last
         if age > self.config.stuck_after:
             return False, f"no decision-loop poll completed for {age:.0f}s (> stuck_after {self.config.stuck_after:.0f}s)"
-        return True, f"last poll {age:.0f}s ago"
+        ready = "" if tick is not None and tick.ready else "; first answers not ready after first_answer_timeout"
+        return True, f"last poll {age:.0f}s ago" + ready
 
     def child_metrics(self) -> bytes:
         return self.tick.metrics if self.tick is not None else b""

@@ -2,7 +2,9 @@
 
 The decision loop merges `snapshot()` into its observations (scaler/kube/replicas.py:with_replicas);
 it never calls the API itself, so a slow, failing or forbidding API server only makes readings stale
-(then ignored, with the reason in the decision's notes), never late decisions.
+(then ignored, with the reason in the decision's notes), never late decisions. Listeners
+(`subscribe`) are told of each graph's reading as soon as it is read: the decision loop adopts the
+replicas of a restarted scaler from them, whatever its metrics collection is doing.
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ class ClusterWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.first_poll = threading.Event()  # set once every graph was read (or failed) once
+        self._listeners: list[Callable[[str, ClusterReading], None]] = []
         self._thread: threading.Thread | None = None
+
+    def subscribe(self, listener: Callable[[str, ClusterReading], None]) -> None:
+        """Call `listener(graph, reading)` after each graph's read (from the reading thread)."""
+        with self._lock:
+            self._listeners.append(listener)
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -139,8 +147,14 @@ class ClusterWatcher:
             reading = self.read_graph(graph, now)
             with self._lock:
                 self._readings[graph] = reading
+                listeners = list(self._listeners)
             if self.on_errors is not None and reading.errors:
                 self.on_errors(graph, len(reading.errors))
+            for listener in listeners:
+                try:
+                    listener(graph, reading)
+                except Exception:  # a listener's bug must not stop the reads
+                    log.exception("cluster reading listener failed for %s", graph)
         self.first_poll.set()
         return self.snapshot()
 
