@@ -9,8 +9,8 @@ second over gRPC, and reads /healthz. Faults, one after the other, each followed
 
 - `prometheus-down`: the proxy to Prometheus refuses connections;
 - `prometheus-slow`: it delays every answer beyond the source's timeout;
-- `prometheus-trickle`: it forwards one byte a second (every read is answered in time: only the total
-  deadline of a query and of a poll ends the wait);
+- `prometheus-trickle`: it forwards Prometheus' answers a byte every half second, within the source's
+  1 s timeout per read: only the total deadline of a query and of a poll ends the wait;
 - `prometheus-killed`: the Prometheus process is killed, then started again on the same data;
 - `metrics-gone`: the emulator's /metrics disappear (Prometheus' scrapes fail, its series go stale);
 - `bad-config`: the config file is replaced by an invalid one (the reload must keep the old config),
@@ -44,9 +44,9 @@ ROLES = ("prefill", "decode", "warm")
 
 class Proxy:
     """A TCP proxy on loopback whose mode can change: pass | refuse | delay | trickle (one byte every
-    `trickle_s`, both ways)."""
+    `trickle_s` from the target to the client; the requests pass as they come, so the answers start)."""
 
-    def __init__(self, target_port: int, delay_s: float = 5.0, trickle_s: float = 1.0) -> None:
+    def __init__(self, target_port: int, delay_s: float = 5.0, trickle_s: float = 0.5) -> None:
         self.target_port, self.delay_s, self.mode = target_port, delay_s, "pass"
         self.trickle_s = trickle_s
         self.port = free_port()
@@ -69,7 +69,7 @@ class Proxy:
             if self.mode == "refuse":
                 writer.close()
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, answers: bool) -> None:
             # The mode applies to open (keep-alive) connections too, chunk by chunk.
             try:
                 while data := await src.read(65536):
@@ -77,7 +77,7 @@ class Proxy:
                         break
                     if self.mode == "delay":
                         await asyncio.sleep(self.delay_s)
-                    while self.mode == "trickle" and data and not dst.is_closing():
+                    while answers and self.mode == "trickle" and data and not dst.is_closing():
                         dst.write(data[:1])
                         await dst.drain()
                         data = data[1:]
@@ -92,7 +92,7 @@ class Proxy:
                 except OSError:
                     pass
 
-        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+        await asyncio.gather(pipe(reader, up_w, False), pipe(up_r, writer, True))
         writer.close()
 
     async def stop(self) -> None:
