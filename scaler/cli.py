@@ -128,7 +128,7 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
             return 2
     # The decision loop (metrics source, forecasts, cluster reads) runs in a child process, so that its
     # CPU work never holds this process's GIL while KEDA waits for an answer (scaler/worker.py).
-    worker = DecisionWorker(config, store, clock)
+    worker = DecisionWorker(config, store, clock, registry=metrics.registry)
     metrics.extra = worker.child_metrics  # the decision series, rendered in the decision process
     metrics.registry.register(AgeCollector(store, clock.now))
     server = await start_server(config, store, port, host, tls, [metrics.interceptor()], grpc_limits)
@@ -182,7 +182,7 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
         aloop.add_signal_handler(sig, stop.set)
     if reloader is not None:
         aloop.add_signal_handler(signal.SIGHUP, lambda: reloader.reload("SIGHUP"))
-    changed = asyncio.Event()  # the worker's state changed (first answers ready)
+    changed = asyncio.Event()  # the worker's state changed (child down, started, first answers ready)
     worker.on_change = lambda: aloop.call_soon_threadsafe(changed.set)
     while not stop.is_set():  # every few seconds and at each change of the worker: health, the config file
         changed.clear()

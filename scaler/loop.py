@@ -112,6 +112,12 @@ class DecisionLoop:
         self._settled |= {(graph, r) for r in current if r in self.engine.graph_config(graph).roles}
         return adopted
 
+    def settle(self, graph: str, roles) -> None:
+        """Count these roles as answered with more than the floor (a restarted decision process that
+        started from the last decisions)."""
+        with self._lock:
+            self._settled |= {(graph, r) for r in roles}
+
     def _mark_ready(self, why: str) -> None:
         """Set `ready` once every role of every graph is settled (caller holds the lock)."""
         if self.ready.is_set():

@@ -5,11 +5,18 @@ KEDA it would hold the GIL for seconds each poll and the answers would wait on i
 DecisionLoop (metrics source, engine, cluster reads) in a spawned child process, which sends each
 poll's decisions (with the observations, cluster facts and its own metrics) through a pipe. The serving
 process only stores them and answers from memory. Config reloads are validated in the serving process
-and sent to the child; if the child dies, health turns NOT_SERVING and answers keep the last decisions.
+and sent to the child.
 
-Until the child's first answers are ready (every role adopted from the cluster or decided on data,
-scaler/loop.py), and for at most `first_answer_timeout`, health is NOT_SERVING too: KEDA, through the
-readiness probe, never reads the floor from a fresh replica.
+Health (`healthy()`, for gRPC health and /healthz):
+- until the child's first answers are ready (every role adopted from the cluster or decided on data,
+  scaler/loop.py) and for at most `first_answer_timeout`: NOT_SERVING, so that KEDA, through the
+  readiness probe, never reads the floor from a fresh replica;
+- while the child is down: NOT_SERVING. A child that exits (killed, crashed) is started again after
+  1 s, then 2, 4, ... at most 30 s between attempts (`RESTART_BACKOFF`; back to 1 s once a child
+  has run for `RESTART_RESET` s); answers keep the last decisions meanwhile, and the new child
+  starts from them (adopted, inside their scale-down windows). Counted in
+  `pdscaler_decision_process_restarts_total`;
+- no poll completed for `stuck_after`: NOT_SERVING (the liveness probe restarts the pod).
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from scaler.store import DecisionStore
 
 log = logging.getLogger("pdscaler.worker")
 
+RESTART_BACKOFF = (1.0, 30.0)  # s: the first delay before starting a dead child again, and the longest
+RESTART_RESET = 60.0  # s: a child that ran this long starts the backoff again from its first delay
+
 
 @dataclass
 class Tick:
@@ -41,7 +51,8 @@ class Tick:
     ready: bool = False
 
 
-def _child(config: ScalerConfig, conn, log_level: int) -> None:  # pragma: no cover - runs in the child
+def _child(config: ScalerConfig, conn, log_level: int,
+           handover: dict[str, dict[str, int]] | None = None) -> None:  # pragma: no cover - runs in the child
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
@@ -78,7 +89,15 @@ def _child(config: ScalerConfig, conn, log_level: int) -> None:  # pragma: no co
                 pass  # the parent is gone; the receive loop below ends the process
 
     store.subscribe(send)
-    loop = DecisionLoop(Engine(config, live=True), build_source(config), store, clock, cluster, metrics)
+    engine = Engine(config, live=True)
+    started = {}
+    for g, targets in (handover or {}).items():  # a restarted child: the last answers, not the floor
+        if g in engine.graphs and engine.adopt_replicas(g, targets, at=clock.now()):
+            log.info("graph %s: started from the last decisions %s", g, targets)
+            started[g] = targets
+    loop = DecisionLoop(engine, build_source(config), store, clock, cluster, metrics)
+    for g, targets in started.items():
+        loop.settle(g, targets)
     collector = metrics.watch(config, store, lambda: loop.engine, cluster, clock.now, ages=False)
     holder["loop"] = loop
     if cluster is not None:
@@ -107,72 +126,177 @@ def _child(config: ScalerConfig, conn, log_level: int) -> None:  # pragma: no co
             cluster.stop()
 
 
-class DecisionWorker:
-    """The serving process's side: starts the child, publishes what it sends, forwards reloads."""
+def handover(decisions: dict[str, Decision], config: ScalerConfig) -> dict[str, dict[str, int]]:
+    """Per graph, the targets a restarted child starts from: the last answers (advisory mode: what was
+    advised), except a floor held for want of data (the cluster's replicas may still replace that)."""
+    from scaler.policy.rule import HELD
 
-    def __init__(self, config: ScalerConfig, store: DecisionStore, clock) -> None:
+    out: dict[str, dict[str, int]] = {}
+    for g, d in decisions.items():
+        gcfg = config.graphs.get(g)
+        if gcfg is None:
+            continue
+        targets = {}
+        for role, rd in d.roles.items():
+            value = rd.advised if rd.advised is not None else rd.replicas
+            rcfg = gcfg.roles.get(role)
+            if rcfg is None or (rd.reason.rule in HELD and value <= rcfg.min_replicas):
+                continue
+            targets[role] = value
+        if targets:
+            out[g] = targets
+    return out
+
+
+class DecisionWorker:
+    """The serving process's side: starts the child (again when it dies), publishes what it sends,
+    forwards reloads, and says whether its answers can be trusted (`healthy`)."""
+
+    def __init__(self, config: ScalerConfig, store: DecisionStore, clock, registry=None,
+                 backoff: tuple[float, float] = RESTART_BACKOFF) -> None:
         from scaler.engine import Engine
 
-        self.config, self.store, self.clock = config, store, clock
-        ctx = mp.get_context("spawn")
-        self._conn, child_conn = ctx.Pipe()
-        self.proc = ctx.Process(target=_child, args=(config, child_conn, logging.getLogger().level),
-                                name="pdscaler-decisions", daemon=True)
-        self.tick: Tick | None = None
-        self.started_at = clock.now()
+        self.config, self.store = config, store
+        self.clock = clock
+        self.backoff = backoff
+        self._ctx = mp.get_context("spawn")
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self.proc: Any = None
+        self._conn: Any = None
+        self.tick: Tick | None = None  # the current child's last
+        self.last_decisions: dict[str, Decision] = {}  # from any child: what a restarted one starts from
+        self.started_at = self.clock.now()  # of the current child
+        self.restarts = 0
+        self.down: str | None = None  # why the child is not running (None while it runs)
         self.on_change: Callable[[], None] | None = None  # health may have changed (from worker threads)
+        self._ready_told = False
+        self.restart_counter = None
+        if registry is not None:
+            from prometheus_client import Counter
+
+            self.restart_counter = Counter("pdscaler_decision_process_restarts_total",
+                                           "times the decision process was started again after it exited",
+                                           registry=registry)
         # Answer from the first moment, like the in-process loop: the floors, "no observation yet".
-        store.publish(Engine(config).decide_all(clock.now()))
+        store.publish(Engine(config).decide_all(self.clock.now()))
+
+    # --- the child's life ---------------------------------------------------------------------------
 
     def start(self) -> "DecisionWorker":
-        self.proc.start()
-        threading.Thread(target=self._receive, name="pdscaler-decisions-rx", daemon=True).start()
+        self._spawn()
+        threading.Thread(target=self._supervise, name="pdscaler-decisions-supervisor", daemon=True).start()
         return self
 
-    def _receive(self) -> None:
+    def _spawn(self) -> None:
+        conn, child_conn = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=_child, name="pdscaler-decisions", daemon=True,
+            args=(self.config, child_conn, logging.getLogger().level, handover(self.last_decisions, self.config)))
+        with self._lock:
+            self.tick, self._ready_told = None, False
+            self.started_at = self.clock.now()
+            proc.start()
+            self.proc, self._conn, self.down = proc, conn, None
+        child_conn.close()  # the child's end lives in the child: its death is our end-of-file
+        log.info("decision process started (pid %d)", proc.pid)
+        threading.Thread(target=self._receive, args=(conn,), name="pdscaler-decisions-rx", daemon=True).start()
+        self._changed()
+
+    def _supervise(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            proc = self.proc
+            proc.join()
+            if self._stopping.is_set():
+                return
+            lived = self.clock.now() - self.started_at
+            failures = 1 if lived >= RESTART_RESET else failures + 1
+            delay = min(self.backoff[1], self.backoff[0] * 2 ** (failures - 1))
+            with self._lock:
+                self.down = (f"the decision process exited (code {proc.exitcode}); starting it again in "
+                             f"{delay:g}s; answers keep the last decisions")
+            log.error("%s", self.down)
+            self._changed()
+            self._wake.wait(delay)
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            if self.restart_counter is not None:
+                self.restart_counter.inc()
+            self._spawn()
+
+    def _receive(self, conn) -> None:
         while True:
             try:
-                tick = self._conn.recv()
+                tick = conn.recv()
             except (EOFError, OSError):
                 return
-            known = {g: d for g, d in tick.decisions.items() if g in self.config.graphs}
-            tell = tick.ready and not (self.tick is not None and self.tick.ready)
-            self.tick = tick
+            with self._lock:
+                if conn is not self._conn:
+                    return  # an old child's last words
+                known = {g: d for g, d in tick.decisions.items() if g in self.config.graphs}
+                self.tick = tick
+                self.last_decisions = {**self.last_decisions, **known}
+                tell = tick.ready and not self._ready_told
+                self._ready_told = self._ready_told or tick.ready
             self.store.publish(known)
-            if tell and self.on_change is not None:
-                try:
-                    self.on_change()
-                except Exception:  # e.g. the event loop is closing
-                    pass
+            if tell:
+                self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:  # e.g. the event loop is closing
+                pass
 
     def reload(self, config: ScalerConfig) -> None:
         self.config = config
-        self._conn.send(("reload", config))
+        try:
+            self._conn.send(("reload", config))
+        except (OSError, ValueError, AttributeError):  # the child is down: the next one starts with it
+            pass
+
+    # --- health ---------------------------------------------------------------------------------------
 
     def healthy(self) -> tuple[bool, str]:
-        if not self.proc.is_alive() and self.proc.exitcode is not None:
-            return False, f"the decision worker exited (code {self.proc.exitcode}); answers keep the last decisions"
-        tick, now = self.tick, self.clock.now()
-        waited = now - self.started_at
+        with self._lock:
+            proc, tick, down, started = self.proc, self.tick, self.down, self.started_at
+        if down is not None:
+            return False, down
+        if proc is None:
+            return False, "the decision process has not started"
+        if not proc.is_alive() and proc.exitcode is not None:
+            return False, f"the decision process exited (code {proc.exitcode}); answers keep the last decisions"
+        now = self.clock.now()
+        waited = max(0.0, now - started)
         if not (tick is not None and tick.ready) and waited < self.config.first_answer_timeout:
             return False, (f"waiting for the first answers (the cluster's replicas adopted, or a poll decided "
                            f"on data): {waited:.0f}s of first_answer_timeout {self.config.first_answer_timeout:.0f}s")
-        last = tick.polled_at if tick is not None and tick.polled_at is not None else self.started_at
-        age = now - last
+        last = tick.polled_at if tick is not None and tick.polled_at is not None else started
+        age = max(0.0, now - last)
         if age > self.config.stuck_after:
             return False, f"no decision-loop poll completed for {age:.0f}s (> stuck_after {self.config.stuck_after:.0f}s)"
         ready = "" if tick is not None and tick.ready else "; first answers not ready after first_answer_timeout"
         return True, f"last poll {age:.0f}s ago" + ready
 
     def child_metrics(self) -> bytes:
-        return self.tick.metrics if self.tick is not None else b""
+        tick = self.tick
+        return tick.metrics if tick is not None else b""
 
     def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        proc = self.proc
+        if proc is None:
+            return
         try:
             self._conn.send(("stop", None))
         except (OSError, ValueError):
             pass
-        self.proc.join(timeout)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(2)
+        proc.join(timeout)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(2)
