@@ -90,7 +90,9 @@ SIGNALS: tuple[Signal, ...] = (
     ),
     Signal(
         "kv_usage", "role", "kv_usage", "avg", "ratio", "mean KV-cache usage of the role's workers (0..1)",
-        hi=1.5, role_filter="component", kinds=("decode",),
+        # Over-full readings (above 1) are the strongest signal the KV safety net gets, not an error;
+        # above 10 the series is not a share (a percent-valued export, say) and is dropped.
+        hi=10.0, role_filter="component", kinds=("decode",),
     ),
 )
 

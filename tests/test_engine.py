@@ -156,3 +156,18 @@ def test_two_replicas_fed_the_same_inputs_give_the_same_answers():
         b.observe(o)
         da, db = a.decide(15.0 * i + 1), b.decide(15.0 * i + 1)
         assert da.to_dict() == db.to_dict(), i
+
+
+def test_an_over_full_kv_cache_is_a_signal_not_dropped_as_absurd(config):
+    """kv_usage 1.6 (more KV asked for than the pool holds) trips the KV safety net; 60 (a percent-valued
+    series, not a share) is dropped with a note."""
+    e = Engine(config.model_copy(update={"outlier_factor": None}))
+    o = obs(0, rate=10, osl=200)
+    o.roles["decode"].update({"kv_usage": 1.6, "ready_workers": 2.0})
+    e.observe(o)
+    d = e.decide(1)
+    assert d.roles["decode"].reason.rule == Rule.SAFETY_NET and "kv_usage=1.6" in d.roles["decode"].reason.message
+    o = obs(2, rate=10, osl=200)
+    o.roles["decode"].update({"kv_usage": 60.0, "ready_workers": 2.0})
+    e.observe(o)
+    assert any("kv_usage=60 is absurd" in n for n in e.decide(3).notes)
