@@ -60,6 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return cfg
 
     config = adjust(config)
+    for g, gc in config.graphs.items():
+        for line in gc.ignored_settings(g):
+            log.warning("config: %s", line)
     tls = None
     if args.tls_client_name and not args.tls_client_ca:
         print("pdscaler: --tls-client-name needs --tls-client-ca (client certificates exist only under mTLS)",
@@ -279,6 +282,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return 2
     roles = sum(len(g.roles) for g in config.graphs.values())
     print(f"{args.file}: valid ({len(config.graphs)} graphs, {roles} roles, source {config.source.kind})")
+    for g, gc in config.graphs.items():
+        for line in gc.ignored_settings(g):
+            print(f"warning: {line}")
     return 0
 
 

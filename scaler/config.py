@@ -290,6 +290,19 @@ class GraphConfig(_Model):
     def dgd_name(self, graph: str) -> str:
         return self.dgd or graph
 
+    def ignored_settings(self, graph: str) -> list[str]:
+        """Settings this graph gives that have no effect, as lines for a person: a role's flat capacity
+        figures when the graph has a capacity profile."""
+        if self.profile is None:
+            return []
+        out = []
+        for role, rc in self.roles.items():
+            for part, fields in (("prefill", ("tokens_per_s",)), ("decode", ("tokens_per_s", "kv_tokens"))):
+                for f in sorted(set(fields) & getattr(rc, part).model_fields_set):
+                    out.append(f"graphs.{graph}.roles.{role}.{part}.{f} is ignored: the graph's capacity "
+                               f"profile gives the per-replica figures")
+        return out
+
     def capacity_profile(self) -> CapacityProfile:
         """The graph's capacity profile: inline, loaded from its file, or flat from the roles' figures."""
         from scaler.capacity_profile import flat_profile, load_profile

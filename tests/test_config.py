@@ -73,3 +73,34 @@ def test_a_key_given_twice_is_an_error_not_a_silent_override():
     text = "graphs:\n  g:\n    roles:\n      p: {kind: prefill}\n    mode: active\n    mode: advisory\n"
     with pytest.raises(ConfigError, match=r"key 'mode' given twice \(first at line 5\)"):
         parse_config(text)
+
+
+def test_settings_a_capacity_profile_overrides_are_reported(tmp_path):
+    from importlib import resources
+
+    from scaler.cli import main
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text(resources.files("scaler").joinpath("data/profile.emulated.yaml").read_text())
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+source: {{kind: prometheus}}
+graphs:
+  g:
+    profile: {profile}
+    roles:
+      prefill: {{kind: prefill, prefill: {{tokens_per_s: 5000}}}}
+      decode: {{kind: decode, decode: {{target_utilization: 0.9}}}}
+""")
+    from scaler.config import load_config
+
+    lines = load_config(cfg).graphs["g"].ignored_settings("g")
+    assert lines == ["graphs.g.roles.prefill.prefill.tokens_per_s is ignored: the graph's capacity profile "
+                     "gives the per-replica figures"]
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["config", "check", str(cfg)]) == 0
+    assert "warning: graphs.g.roles.prefill.prefill.tokens_per_s is ignored" in out.getvalue()
