@@ -137,3 +137,82 @@ def test_the_scrape_source_keeps_no_history_so_forecasts_start_cold():
     loop = DecisionLoop(Engine(config), src, DecisionStore(), ManualClock(1000.0))
     assert config.forecast.warm_start > 0 and not loop.can_warm_start() and loop.warm_start() == {}
     src.close()
+
+
+class RawExporter:
+    """A /metrics endpoint serving the exposition text it is given, as is."""
+
+    def __init__(self, text: str):
+        self.text = text
+        exporter = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = exporter.text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+PREFILL = 'dynamo_frontend_worker_active_prefill_tokens{worker_id="0",worker_type="prefill"} 5000'
+KV = 'dynamo_component_kvstats_active_blocks{dynamo_component="DecodeWorker",worker_id="2"} 700'
+
+
+def test_a_series_twice_in_one_exposition_is_not_used_and_noted():
+    e = RawExporter(f"{PREFILL}\n{PREFILL}\n{KV}\n")
+    try:
+        obs = ScrapeSource(scrape_config([e.url])).collect_graph("g", now=100.0)
+        assert "prefill_queued_tokens" not in obs.roles["prefill"]  # neither copy (nor their sum) is used
+        assert obs.errors == (f"dynamo_frontend_worker_active_prefill_tokens: a series appears twice at {e.url}: not used",)
+        assert obs.roles["decode"]["kv_active_blocks"] == 700  # the other metrics are
+    finally:
+        e.close()
+
+
+def test_samples_stamped_longer_ago_than_stale_after_are_not_used_and_noted():
+    import time
+
+    old_ms = int((time.time() - 3600) * 1000)
+    e = RawExporter(f"{PREFILL}\n{KV} {old_ms}\n")
+    try:
+        src = ScrapeSource(scrape_config([e.url]))
+        obs = src.collect_graph("g", now=100.0)
+        assert "kv_active_blocks" not in obs.roles["decode"] and obs.roles["prefill"]["prefill_queued_tokens"] == 5000
+        assert len(obs.errors) == 1 and obs.errors[0].startswith(
+            f"dynamo_component_kvstats_active_blocks: sample at {e.url} is 3600s old (stale after 90s): not used"), obs.errors
+        e.text = f"{PREFILL}\n{KV} {int((time.time() - 5) * 1000)}\n"  # stamped, and fresh
+        obs = src.collect_graph("g", now=115.0)
+        assert obs.errors == () and obs.roles["decode"]["kv_active_blocks"] == 700
+    finally:
+        e.close()
+
+
+def test_a_scrape_that_trickles_ends_at_the_timeout():
+    """Each read gets a byte in time (every 0.5 s, timeout 2 s): only the total deadline ends it."""
+    from tests.fake_prometheus import FakePrometheus
+
+    prom = FakePrometheus()
+    prom.mode, prom.trickle_delay = "trickle", 0.5
+    src = ScrapeSource(scrape_config([prom.url + "/metrics"]))
+    out: list = []
+    try:
+        t = threading.Thread(target=lambda: out.append(src.collect_graph("g", now=100.0)), daemon=True)
+        t.start()
+        t.join(45)  # generous: the scrape ends at 2 s; unbounded, it takes about 90 s
+        assert out, "the scrape did not end"
+        assert out[0].signals == {} and out[0].errors == (f"scrape {prom.url}/metrics failed: QueryDeadlineExceeded",)
+    finally:
+        prom.close()

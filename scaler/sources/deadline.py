@@ -96,6 +96,12 @@ class DeadlineAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
+    def proxy_manager_for(self, proxy, **kwargs):  # type: ignore[no-untyped-def]
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if not proxy.lower().startswith("socks"):  # HTTP(S) proxies: the same tracked connections
+            manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        return manager
+
     @staticmethod
     @contextlib.contextmanager
     def poll(deadline: float | None) -> Iterator[None]:

@@ -106,6 +106,8 @@ class PrometheusSource:
         self.adapter = DeadlineAdapter(self.src.timeout, max_retries=retry)
         self.session.mount(self.prom.url, self.adapter)
         self.poll_deadline = poll_deadline(config)
+        # Each graph's label matchers, once: a namespace-less graph's depend on every other graph.
+        self.selectors = {g: graph_matchers(g, gcfg, config.graphs) for g, gcfg in config.graphs.items()}
 
     def _stale(self, series: dict, now: float) -> str | None:
         """Why a sample cannot be used for a decision at `now`: stamped more than stale_after ago."""
@@ -119,7 +121,7 @@ class PrometheusSource:
     def queries(self, graph: str) -> dict[tuple[str | None, Signal], str]:
         """(role or None, signal) -> PromQL, for one graph."""
         gcfg = self.config.graphs[graph]
-        gsel = graph_matchers(graph, gcfg, self.config.graphs)
+        gsel = self.selectors[graph]
         out: dict[tuple[str | None, Signal], str] = {}
         for s in GRAPH_SIGNALS:
             out[(None, s)] = render(s, self.names, gsel, self.src.rate_window, self.src.queries.get(s.name))
@@ -135,7 +137,7 @@ class PrometheusSource:
         groups: dict[tuple, dict[str, list[tuple[str, str | None]]]] = {}
         singles: list[str] = []
         for graph, gcfg in self.config.graphs.items():
-            gsel = graph_matchers(graph, gcfg, self.config.graphs)
+            gsel = self.selectors[graph]
             if len(gsel) != 1 or gsel[0][1] != "=":
                 singles.append(graph)
                 continue

@@ -5,11 +5,16 @@ same semantics: rate() over counter deltas within a window (counter resets handl
 histogram_quantile() with Prometheus' linear interpolation over bucket deltas, and sum/avg/max/count
 over the latest gauges. Parsing is prometheus_client's parser. Timestamps come from the injected
 clock, so the demo's virtual time gives rates per virtual second.
+
+Each scrape must complete within source.timeout (connect to the last byte, scaler/sources/deadline.py).
+A metric that cannot be trusted in a scrape is left out of it, with a note: a series that appears
+twice in one exposition, or a sample whose own timestamp is more than stale_after old.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scaler.config import RoleConfig, ScalerConfig, ScrapeSourceConfig
 from scaler.observation import Observation
 from scaler.signals import GRAPH_SIGNALS, Signal, metric_names, role_label_filter, role_signals
+from scaler.sources.deadline import DeadlineAdapter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,13 +37,36 @@ class Snapshot:
     samples: dict[str, list[tuple[dict[str, str], float]]]  # sample name -> [(labels, value)]
 
 
-def parse_samples(texts: list[tuple[str, str]]) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Samples by name from (instance, exposition text) pairs; each series gets an `instance` label."""
+def parse_samples(texts: list[tuple[str, str]], problems: dict[str, str] | None = None, now: float | None = None,
+                  stale_after: float | None = None) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Samples by name from (instance, exposition text) pairs; each series gets an `instance` label.
+
+    With `problems`, the metrics (families) that cannot be trusted are left out and `problems` says
+    why (family name -> note): a series twice in one exposition (which one holds?), or a sample whose
+    own timestamp is more than `stale_after` before `now` (wall-clock seconds, as exporters stamp)."""
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    names: dict[str, set[str]] = {}  # family -> its sample names
     for instance, text in texts:
+        seen: set[tuple[str, frozenset]] = set()
         for family in text_string_to_metric_families(text):
             for s in family.samples:
-                out.setdefault(s.name, []).append(({**s.labels, "instance": instance}, float(s.value)))
+                labels = {**s.labels, "instance": instance}
+                out.setdefault(s.name, []).append((labels, float(s.value)))
+                names.setdefault(family.name, set()).add(s.name)
+                if problems is None or family.name in problems:
+                    continue
+                key = (s.name, frozenset(labels.items()))
+                if key in seen:
+                    problems[family.name] = f"{family.name}: a series appears twice at {instance}: not used"
+                seen.add(key)
+                if s.timestamp is not None and now is not None and stale_after is not None:
+                    age = now - float(s.timestamp)
+                    if age > stale_after:
+                        problems[family.name] = (f"{family.name}: sample at {instance} is {age:.0f}s old "
+                                                 f"(stale after {stale_after:.0f}s): not used")
+    for family in problems or {}:
+        for name in names.get(family, ()):
+            out.pop(name, None)
     return out
 
 
@@ -104,6 +133,9 @@ class ScrapeSource:
         self.src = config.source
         self.names = metric_names(self.src.metric_names)
         self.session = session or requests.Session()
+        adapter = DeadlineAdapter(self.src.timeout)  # a scrape ends within timeout, however it trickles
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.snapshots: dict[str, deque[Snapshot]] = {g: deque() for g in config.graphs}
 
     def _scrape(self, graph: str, now: float) -> tuple[Snapshot, list[str]]:
@@ -115,8 +147,10 @@ class ScrapeSource:
                 texts.append((url, r.text))
             except requests.RequestException as e:
                 errors.append(f"scrape {url} failed: {type(e).__name__}")
+        problems: dict[str, str] = {}
         try:
-            samples = parse_samples(texts)
+            samples = parse_samples(texts, problems, time.time(), self.config.stale_after)
+            errors += sorted(problems.values())
         except ValueError as e:
             errors.append(f"unparseable metrics: {e}")
             samples = {}
