@@ -111,7 +111,7 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     `http_host` None: the HTTP port listens on every address, IPv4 and IPv6."""
     from grpc_health.v1 import health_pb2
 
-    from scaler.clock import SystemClock
+    from scaler.clock import SystemClock, Timeline
     from scaler.engine import Engine
     from scaler.metrics import AgeCollector, ScalerMetrics
     from scaler.server import SERVICE_NAME, start_server
@@ -119,7 +119,7 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     from scaler.store import DecisionStore
     from scaler.worker import DecisionWorker
 
-    store, clock = DecisionStore(), SystemClock()
+    store, clock = DecisionStore(), Timeline(SystemClock())  # ages and timeouts on the monotonic clock
     metrics = ScalerMetrics(parts=("server",))
     if config.kubernetes.enabled:  # fail at start-up, in this process, when there are no credentials
         from scaler.kube.api import KubeApi

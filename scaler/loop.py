@@ -3,6 +3,12 @@
 This is the imperative shell around the pure Engine. It runs in its own thread so that a slow
 Prometheus or a model fit never delays a gRPC answer: the server only reads the DecisionStore.
 
+Time: the loop schedules, ages and decides on a `Timeline` (scaler/clock.py): the wall time at its
+start plus monotonic time since, so that setting the system clock back or forward neither freezes
+the polls nor shortens a stabilisation window. The sources are still asked at wall time (Prometheus
+speaks wall time); each observation is placed on the timeline at the moment it was collected, so its
+age is monotonic too.
+
 Cluster reads: the replicas the cluster runs are adopted as soon as the ClusterWatcher has read them
 (its listener), not after the next metrics collection, which may stall for its timeouts; the
 collection itself runs outside the loop's lock. `ready` is set once every role's answer is more than
@@ -18,7 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from forecasting.demand import FORECAST_SERIES
-from scaler.clock import Clock, speed
+from scaler.clock import Clock, speed, timeline
 from scaler.decision import Decision
 from scaler.engine import Engine
 from scaler.kube.replicas import with_replicas
@@ -38,6 +44,7 @@ class DecisionLoop:
     def __init__(self, engine: Engine, source: MetricsSource, store: DecisionStore, clock: Clock,
                  cluster: "ClusterWatcher | None" = None, metrics: "ScalerMetrics | None" = None) -> None:
         self.engine, self.source, self.store, self.clock = engine, source, store, clock
+        self.time = timeline(clock)  # steady, epoch-like seconds: scheduling, ages, decisions
         self.metrics = metrics
         self.cluster = cluster  # cluster reads (scaler/kube), merged from its last snapshot
         self.interval = engine.config.poll_interval
@@ -45,7 +52,7 @@ class DecisionLoop:
         self._thread: threading.Thread | None = None
         self.ticks = 0
         self.last_error: str | None = None
-        self.last_tick_at = self.clock.now()
+        self.last_tick_at = self.time.now()
         self.polled = False  # a poll completed
         self._lock = threading.RLock()  # engine state: tick vs reload vs adoption (other threads)
         self._pending_warm: list[str] = []
@@ -55,8 +62,9 @@ class DecisionLoop:
         self._settled: set[tuple[str, str]] = set()
         self.ready = threading.Event()
         self.ready_reason = ""
+        self._jumped = 0.0  # the wall clock's offset last logged
         # Answer from the first moment: the floor for every graph, with the reason "no observation yet".
-        self.store.publish(engine.decide_all(self.clock.now()))
+        self.store.publish(engine.decide_all(self.time.now()))
         if cluster is not None and hasattr(cluster, "subscribe"):
             cluster.subscribe(self.on_cluster_reading)
 
@@ -89,7 +97,7 @@ class DecisionLoop:
         """The ClusterWatcher read `graph` (its thread): adopt its replicas now, without waiting for the
         metrics collection, and publish the decision that holds them (the first answer of a restart)."""
         with self._lock:
-            now = self.clock.now()
+            now = self.time.now()
             if not self._adopt(graph, reading, now):
                 return
             try:
@@ -131,14 +139,14 @@ class DecisionLoop:
     def _tick(self) -> dict[str, Decision]:
         with self._lock:  # the cluster's replicas first: adoption never waits on the metrics
             readings = self.cluster.snapshot() if self.cluster is not None else {}
-            started = self.clock.now()
+            started = self.time.now()
             for g, reading in readings.items():
                 self._adopt(g, reading, started)
-            source = self.source
+            source, wall = self.source, self.time.wall()
         t0 = time.perf_counter()
         m = self.metrics
         try:  # outside the lock: a stalled source delays neither adoption nor a reload
-            observations = source.collect(started)
+            observations = source.collect(wall)
             self.last_error = None
         except Exception as e:  # a broken source must not stop the loop: decisions then hold
             self.last_error = f"{type(e).__name__}: {e}"
@@ -148,18 +156,21 @@ class DecisionLoop:
                 m.source_errors.labels(type(e).__name__).inc()
         t1 = time.perf_counter()
         with self._lock:
-            return self._decide_tick(observations, started, t0, t1)
+            return self._decide_tick(observations, started, wall, t0, t1)
 
-    def _decide_tick(self, observations: list[Observation], started: float, t0: float,
+    def _decide_tick(self, observations: list[Observation], started: float, wall: float, t0: float,
                      t1: float) -> dict[str, Decision]:
         m = self.metrics
-        now = max(self.clock.now(), started)
+        now = max(self.time.now(), started)
+        self._check_wall_clock(started, wall)
         readings = self.cluster.snapshot() if self.cluster is not None else {}
         for g, reading in readings.items():
             self._adopt(g, reading, now)
         for obs in observations:
             if obs.graph not in self.engine.graphs:
                 continue  # a graph a reload removed while the source was read
+            # Asked at wall time `wall`; on the timeline, it was seen at `started` (never in the future).
+            obs = replace(obs, at=min(started, obs.at - (wall - started)))
             self._observe(with_replicas(obs, readings.get(obs.graph), now, self.engine.config.stale_after))
         t2 = time.perf_counter()
         decisions = self._decide_all(now)
@@ -179,7 +190,7 @@ class DecisionLoop:
                 self._notes[g] = notes
         changed = {g: d for g, d in decisions.items() if _changed(self.store.get(g), d)}
         self.ticks += 1
-        self.last_tick_at = self.clock.now()
+        self.last_tick_at = max(self.time.now(), self.last_tick_at)
         self.polled = True
         self._mark_ready("every role adopted from the cluster or decided on data")  # before the publish: it says so
         self.store.publish(decisions)
@@ -209,9 +220,17 @@ class DecisionLoop:
                                                                     f"({type(e).__name__}); kept the last one",))
         return out
 
+    def _check_wall_clock(self, now: float, wall: float) -> None:
+        """Log once when the wall clock was set (back or forward) by more than a poll interval."""
+        offset = wall - now
+        if abs(offset - self._jumped) > max(self.interval, 1.0):
+            log.warning("the wall clock was set %+.0fs (since start: %+.0fs); polls, ages and decision windows "
+                        "keep the monotonic clock, Prometheus is asked at wall time", offset - self._jumped, offset)
+            self._jumped = offset
+
     def healthy(self) -> tuple[bool, str]:
         """False when no poll has completed for `stuck_after` (a hung source or model)."""
-        age = self.clock.now() - self.last_tick_at
+        age = max(0.0, self.time.now() - self.last_tick_at)
         limit = self.engine.config.stuck_after
         if age > limit:
             return False, f"no decision-loop poll completed for {age:.0f}s (> stuck_after {limit:.0f}s)"
@@ -229,7 +248,8 @@ class DecisionLoop:
     def warm_start_graph(self, graph: str) -> list[str]:
         """Fit one graph's forecasts on the last `forecast.warm_start` of history; never fatal."""
         fc = self.engine.config.forecast
-        end = self.clock.now()
+        end = self.time.wall()  # Prometheus' time; its timestamps are moved onto the timeline
+        offset = end - self.time.now()
         wanted = [(None, name) for name in FORECAST_SERIES]
         try:
             got = self.source.history(graph, wanted, end - fc.warm_start, end, fc.warm_start_step)
@@ -238,7 +258,8 @@ class DecisionLoop:
             return []
         t0 = time.perf_counter()
         try:
-            fitted = self.engine.warm_start(graph, {name: ty for (_, name), ty in got.items()})
+            fitted = self.engine.warm_start(graph, {name: (ts - offset if offset else ts, ys)
+                                                    for (_, name), (ts, ys) in got.items()})
         except Exception as e:
             log.warning("warm start of %s failed to fit: %s", graph, e)
             return []
@@ -259,7 +280,7 @@ class DecisionLoop:
         # Warm starts run between polls, up to half of each interval, so that decisions flow from the
         # first poll even when fitting hundreds of graphs on their history takes minutes.
         self._pending_warm = list(self.engine.graphs) if self.can_warm_start() else []
-        clock = self.clock
+        clock = self.time  # monotonic: a wall clock set back or forward changes nothing here
         next_at = clock.now()
         while not self._stop.is_set():
             self.tick()

@@ -17,6 +17,8 @@ Health (`healthy()`, for gRPC health and /healthz):
   starts from them (adopted, inside their scale-down windows). Counted in
   `pdscaler_decision_process_restarts_total`;
 - no poll completed for `stuck_after`: NOT_SERVING (the liveness probe restarts the pod).
+
+Time is the serving process's Timeline (scaler/clock.py), whose anchor every child shares.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from scaler.clock import Timeline, timeline
 from scaler.config import ScalerConfig
 from scaler.decision import Decision
 from scaler.store import DecisionStore
@@ -51,7 +54,7 @@ class Tick:
     ready: bool = False
 
 
-def _child(config: ScalerConfig, conn, log_level: int,
+def _child(config: ScalerConfig, conn, log_level: int, anchor: tuple[float, float] | None = None,
            handover: dict[str, dict[str, int]] | None = None) -> None:  # pragma: no cover - runs in the child
     import signal
 
@@ -63,7 +66,7 @@ def _child(config: ScalerConfig, conn, log_level: int,
     from scaler.metrics import ScalerMetrics
     from scaler.sources import build_source
 
-    clock, metrics = SystemClock(), ScalerMetrics(parts=("loop",))
+    clock, metrics = Timeline(SystemClock(), anchor), ScalerMetrics(parts=("loop",))
     cluster = None
     if config.kubernetes.enabled:
         from scaler.kube.api import KubeApi
@@ -157,7 +160,7 @@ class DecisionWorker:
         from scaler.engine import Engine
 
         self.config, self.store = config, store
-        self.clock = clock
+        self.clock = timeline(clock)  # steady: ages and timeouts never jump with the wall clock
         self.backoff = backoff
         self._ctx = mp.get_context("spawn")
         self._lock = threading.Lock()
@@ -193,7 +196,8 @@ class DecisionWorker:
         conn, child_conn = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=_child, name="pdscaler-decisions", daemon=True,
-            args=(self.config, child_conn, logging.getLogger().level, handover(self.last_decisions, self.config)))
+            args=(self.config, child_conn, logging.getLogger().level, self.clock.anchor,
+                  handover(self.last_decisions, self.config)))
         with self._lock:
             self.tick, self._ready_told = None, False
             self.started_at = self.clock.now()
