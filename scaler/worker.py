@@ -129,6 +129,12 @@ def _child(config: ScalerConfig, conn, log_level: int, anchor: tuple[float, floa
             cluster.stop()
 
 
+def restart_delay(failures: int, first: float = RESTART_BACKOFF[0], longest: float = RESTART_BACKOFF[1]) -> float:
+    """Seconds before starting the decision process again after its `failures`-th exit in a row:
+    `first`, doubling, at most `longest`."""
+    return min(longest, first * 2 ** min(max(failures, 1) - 1, 30))
+
+
 def handover(decisions: dict[str, Decision], config: ScalerConfig) -> dict[str, dict[str, int]]:
     """Per graph, the targets a restarted child starts from: the last answers (advisory mode: what was
     advised), except a floor held for want of data (the cluster's replicas may still replace that)."""
@@ -217,7 +223,7 @@ class DecisionWorker:
                 return
             lived = self.clock.now() - self.started_at
             failures = 1 if lived >= RESTART_RESET else failures + 1
-            delay = min(self.backoff[1], self.backoff[0] * 2 ** (failures - 1))
+            delay = restart_delay(failures, *self.backoff)
             with self._lock:
                 self.down = (f"the decision process exited (code {proc.exitcode}); starting it again in "
                              f"{delay:g}s; answers keep the last decisions")
@@ -229,7 +235,12 @@ class DecisionWorker:
             self.restarts += 1
             if self.restart_counter is not None:
                 self.restart_counter.inc()
-            self._spawn()
+            try:
+                self._spawn()
+            except Exception:  # e.g. no file descriptors left: the next attempt waits longer
+                log.exception("starting the decision process again failed")
+                with self._lock:
+                    self.down = "the decision process could not be started again; answers keep the last decisions"
 
     def _receive(self, conn) -> None:
         while True:

@@ -100,3 +100,10 @@ def test_a_killed_decision_process_is_restarted_while_the_server_answers(tmp_pat
         finally:
             watch.close()
     assert proc.poll() is None  # the server itself never stopped
+
+
+def test_restarts_back_off_exponentially_and_boundedly():
+    from scaler.worker import restart_delay
+
+    assert [restart_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert restart_delay(10_000) == 30  # no overflow after hours of failures
