@@ -6,11 +6,12 @@ Checks the report's shape and that no request failed; no timing assertions (shar
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from scaler.testbench.processes import ManagedProcess
 
 pytestmark = pytest.mark.load
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,9 +22,14 @@ def test_bench_scaler_tiny_run(tmp_path):
     cmd = [sys.executable, "-m", "load.bench_scaler", "--graphs", "5", "--clients", "5", "--duration", "5",
            "--idle", "4", "--poll-interval", "2", "--scrape-every", "1", "--baseline-graphs", "0",
            "--no-forecast-baseline", "--json", str(out)]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "| main (5 graphs) | saturation |" in p.stdout
+    p = ManagedProcess(cmd, name="load.bench_scaler", cwd=ROOT).start()
+    try:
+        rc = p.wait(240)
+    finally:
+        p.stop(timeout=30)  # and its scaler, fake Prometheus and clients with it (descendants)
+    log = p.output()
+    assert rc == 0, log[-3000:]
+    assert "| main (5 graphs) | saturation |" in log
 
     report = json.loads(out.read_text())
     assert report["settings"]["clients"] == 5
