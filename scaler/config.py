@@ -91,10 +91,16 @@ class Startup(_Model):
     """How long a new replica takes to serve: the lead time forecasts must look ahead."""
 
     warm: Duration = Field(90.0, gt=0, description="model load on a provisioned node (AKS walk-through: ~90 s)")
-    cold: Duration = Field(
-        390.0, gt=0, description="when a node must be provisioned first (~3-8 min node + model load)"
+    cold: Duration | None = Field(
+        None, gt=0, description="when a node must be provisioned first (AKS: ~3-8 min node + model load); "
+        "null: no cold starts (a static node pool, or nodes kept ahead by a warm role)"
     )
     learn: bool = Field(True, description="learn the warm start-up time from observed rollouts")
+
+    @property
+    def cold_s(self) -> float:
+        """The cold start-up time in use: the warm one when there are no cold starts."""
+        return self.warm if self.cold is None else max(self.cold, self.warm)
 
 
 _HHMM = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
@@ -292,10 +298,15 @@ class GraphConfig(_Model):
 
     def ignored_settings(self, graph: str) -> list[str]:
         """Settings this graph gives that have no effect, as lines for a person: a role's flat capacity
-        figures when the graph has a capacity profile."""
-        if self.profile is None:
-            return []
+        figures when the graph has a capacity profile; a warm role when no serving role has cold starts."""
         out = []
+        serving = [rc for rc in self.roles.values() if rc.kind != "warm"]
+        for role, rc in self.roles.items():
+            if rc.kind == "warm" and serving and all(s.startup.cold is None for s in serving):
+                out.append(f"graphs.{graph}.roles.{role} keeps nothing warm: no serving role sets startup.cold "
+                           f"(cold starts), so the forecast needs no placeholder within a start-up")
+        if self.profile is None:
+            return out
         for role, rc in self.roles.items():
             for part, fields in (("prefill", ("tokens_per_s",)), ("decode", ("tokens_per_s", "kv_tokens"))):
                 for f in sorted(set(fields) & getattr(rc, part).model_fields_set):

@@ -77,7 +77,7 @@ class _RoleRules:
         return cls(need=Need(config.forecast, graph.slo.attainment, config.poll_interval), safety_net=SafetyNet(role.safety_net, graph), floors=Floors(),
                    stabilisation=Stabilisation(role.stabilisation), step_limit=StepLimit(role.max_step),
                    no_cascade=NoCascade(role.no_cascade), never_lower=missing_data.NeverLowerOnMissingData(),
-                   startup=StartupTracker(role.startup.warm, role.startup.cold, role.startup.learn))
+                   startup=StartupTracker(role.startup.warm, role.startup.cold_s, role.startup.learn))
 
 
 class Engine:

@@ -141,7 +141,9 @@ def test_ratio_bounds_raise_the_starved_role():
 
 
 def test_warm_role_keeps_gpus_for_the_forecast_within_the_cold_start_time():
-    roles = {"prefill": {"kind": "prefill", "max_replicas": 60}, "decode": {"kind": "decode", "max_replicas": 60},
+    cold = {"cold": "390s"}  # nodes take minutes to provision: what the placeholders are for
+    roles = {"prefill": {"kind": "prefill", "max_replicas": 60, "startup": cold},
+             "decode": {"kind": "decode", "max_replicas": 60, "startup": cold},
              "warm": {"kind": "warm", "min_replicas": 0, "max_replicas": 20}}
     e = Engine(config(roles))
     ramp = [10 + 1.0 * i for i in range(120)]

@@ -28,7 +28,7 @@ def size_warm_pool(role: str, config: "RoleConfig", graph: "GraphConfig", target
     roles = graph.roles
     held_gpus = sum(t.value * roles[r].gpus_per_replica for r, t in targets.items())
     forecasting = {r: t.forecast_needs for r, t in targets.items() if t.forecast_needs is not None}
-    cold = max(rc.startup.cold for rc in roles.values() if rc.kind != "warm") if forecasting else 0.0
+    cold = max(rc.startup.cold_s for rc in roles.values() if rc.kind != "warm") if forecasting else 0.0
     mask = horizons <= cold + graph.decision_window + 1e-9
     need_gpus = 0.0
     for r, needs in forecasting.items():
