@@ -279,6 +279,10 @@ class GraphConfig(_Model):
         60.0, gt=0, description="targets cover forecast demand over [now + lead time, now + lead time + this]"
     )
     gpu_budget: int | None = Field(None, ge=1, description="GPUs all roles of the graph may use together")
+    hpa_tolerance: float = Field(
+        0.0, ge=0, lt=1, description="the tolerance the graph's HPAs run with (the shipped ScaledObjects: 0; "
+        "Kubernetes' default 0.1 where it cannot be set): a needed rise is rounded up to one the HPA acts on"
+    )
     prefill_decode_ratio: RatioBounds = Field(default_factory=lambda: RatioBounds())
     timezone: str = Field("UTC", description="time zone of the roles' schedules")
 
@@ -504,6 +508,17 @@ class ScalerConfig(_Model):
             if unknown:
                 raise ValueError(f"source.targets names unknown graphs {unknown}; graphs are {sorted(self.graphs)}")
         return self
+
+
+class UnknownGraph(KeyError):
+    """A graph the config does not have; the message lists those it has."""
+
+    def __init__(self, graph: str, known: list[str]) -> None:
+        super().__init__(graph)
+        self.graph, self.known = graph, known
+
+    def __str__(self) -> str:
+        return f"unknown graph {self.graph!r}; configured graphs: {', '.join(self.known)}"
 
 
 class ConfigError(Exception):

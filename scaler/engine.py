@@ -27,16 +27,16 @@ from forecasting.demand import DemandForecast, DemandForecaster
 
 from scaler.capacity import MissingInput, demand_values
 from scaler.capacity_profile import CapacityProfile
-from scaler.config import GraphConfig, RoleConfig, ScalerConfig, load_config
+from scaler.config import GraphConfig, RoleConfig, ScalerConfig, UnknownGraph, load_config
 from scaler.decision import Decision, Reason, RoleDecision
 from scaler.observation import Observation, sanitize
 from scaler.policy import advisory, missing_data
-from scaler.policy.missing_data import staleness
 from scaler.policy.bounds import apply_bounds
 from scaler.policy.budget import apply_budget
 from scaler.policy.cascade import NoCascade
 from scaler.policy.context import RoleContext, Target, ready_of, replicas_now
 from scaler.policy.floors import Floors
+from scaler.policy.hpa_tolerance import HpaTolerance
 from scaler.policy.need import Need, forecast_figures
 from scaler.policy.outlier import OutlierFilter
 from scaler.policy.ratio import apply_ratio
@@ -44,17 +44,8 @@ from scaler.policy.rule import Rule
 from scaler.policy.safety_net import SafetyNet
 from scaler.policy.stabilisation import Stabilisation
 from scaler.policy.step_limit import StepLimit
-from scaler.policy.warm_pool import size_warm_pool
+from scaler.policy.warm_pool import warm_roles
 from scaler.startup import StartupTracker
-
-
-class UnknownGraph(KeyError):
-    def __init__(self, graph: str, known: list[str]) -> None:
-        super().__init__(graph)
-        self.graph, self.known = graph, known
-
-    def __str__(self) -> str:
-        return f"unknown graph {self.graph!r}; configured graphs: {', '.join(self.known)}"
 
 
 @dataclass
@@ -67,6 +58,7 @@ class _RoleRules:
     stabilisation: Stabilisation
     step_limit: StepLimit
     no_cascade: NoCascade
+    hpa_tolerance: HpaTolerance
     never_lower: missing_data.NeverLowerOnMissingData
     startup: StartupTracker
     target: int | None = None  # the last target computed (advised, in advisory mode)
@@ -74,9 +66,11 @@ class _RoleRules:
 
     @classmethod
     def of(cls, config: ScalerConfig, graph: GraphConfig, role: RoleConfig) -> "_RoleRules":
-        return cls(need=Need(config.forecast, graph.slo.attainment, config.poll_interval), safety_net=SafetyNet(role.safety_net, graph), floors=Floors(),
+        return cls(need=Need(config.forecast, graph.slo.attainment, config.poll_interval),
+                   safety_net=SafetyNet(role.safety_net, graph), floors=Floors(),
                    stabilisation=Stabilisation(role.stabilisation), step_limit=StepLimit(role.max_step),
-                   no_cascade=NoCascade(role.no_cascade), never_lower=missing_data.NeverLowerOnMissingData(),
+                   no_cascade=NoCascade(role.no_cascade), hpa_tolerance=HpaTolerance(graph.hpa_tolerance),
+                   never_lower=missing_data.NeverLowerOnMissingData(),
                    startup=StartupTracker(role.startup.warm, role.startup.cold_s, role.startup.learn))
 
 
@@ -194,16 +188,19 @@ class Engine:
             try:
                 t = r.need.size(ctx)  # reactive and predictive need (with the forecast cap)
             except MissingInput as e:
-                targets[role] = missing_data.held(role, ctx.config, r.target, Rule.MISSING_DATA, _missing(e, obs))
+                why = str(e) + (f" ({obs.errors[-1]})" if obs.errors else "")
+                targets[role] = missing_data.held(role, ctx.config, r.target, Rule.MISSING_DATA, why)
                 continue
-            for rule in (r.safety_net, r.floors, r.stabilisation, r.step_limit, r.no_cascade, r.never_lower):
+            for rule in (r.safety_net, r.floors, r.stabilisation, r.step_limit, r.no_cascade, r.hpa_tolerance,
+                         r.never_lower):
                 rule.apply(ctx, t)
             targets[role] = t
         apply_ratio(gcfg, targets)  # per graph, in order
         for role, t in targets.items():
             apply_bounds(gcfg.roles[role], t)
         apply_budget(gcfg, targets)
-        targets |= self._warm_roles(graph, untrusted, targets, horizons)
+        last = {r: rules[r].target for r in rules}
+        targets |= warm_roles(gcfg, untrusted, targets, last, horizons)
         return self._decision(now, graph, obs, targets, forecast, forecast_note)
 
     def decide_all(self, now: float) -> dict[str, Decision]:
@@ -222,7 +219,7 @@ class Engine:
         """Roles without a target yet adopt the replicas the observation says are running (the scale
         subresource's count, else the ready ones), as adopt_replicas(at=now) would: a fall from them
         waits for the scale-down window like any other."""
-        if obs is None or staleness(now, obs.at, self.config.stale_after):
+        if obs is None or missing_data.staleness(now, obs.at, self.config.stale_after):
             return
         running = {}
         for role, r in self._rules[graph].items():
@@ -272,24 +269,6 @@ class Engine:
                 warm_s=r.startup.warm_s, cold_s=r.startup.cold_s, has_warm_role=has_warm)
         return out
 
-    def _warm_roles(self, graph: str, untrusted: tuple[Rule, str] | None, serving: dict[str, Target],
-                    horizons: np.ndarray) -> dict[str, Target]:
-        """The warm pool: held with the data or with a held serving role, else sized on the forecasts."""
-        gcfg, rules = self.config.graphs[graph], self._rules[graph]
-        blind = [r for r, t in serving.items() if t.held]
-        out = {}
-        for role, rcfg in gcfg.roles.items():
-            if rcfg.kind != "warm":
-                continue
-            if untrusted:
-                out[role] = missing_data.held(role, rcfg, rules[role].target, *untrusted)
-            elif blind:
-                out[role] = missing_data.held(role, rcfg, rules[role].target, Rule.MISSING_DATA,
-                                              f"{', '.join(blind)} held for missing data")
-            else:
-                out[role] = size_warm_pool(role, rcfg, gcfg, serving, horizons)
-        return out
-
     def _decision(self, now: float, graph: str, obs: Observation | None, targets: dict[str, Target],
                   forecast: DemandForecast | None, forecast_note: str | None) -> Decision:
         """Remember the targets; answer them (advisory mode: the current replicas) with their reasons."""
@@ -308,10 +287,6 @@ class Engine:
         notes = (obs.errors if obs else ()) + ((forecast_note,) if forecast_note else ())
         return Decision(graph=graph, at=now, roles=roles, data_at=obs.at if obs else None, notes=notes,
                         forecast=forecast)
-
-
-def _missing(e: MissingInput, obs: Observation) -> str:
-    return str(e) + (f" ({obs.errors[-1]})" if obs.errors else "")
 
 
 def _brief(e: BaseException) -> str:

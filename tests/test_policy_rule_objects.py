@@ -209,3 +209,17 @@ def test_outlier_filter_holds_a_one_poll_jump_until_the_next_poll_confirms_it():
     off = OutlierFilter(None, g.capacity_profile())
     o = Observation("g", 0.0, {"request_rate": 1.0}, {})
     assert off.apply(o) is o
+
+
+def test_a_rise_within_the_hpa_tolerance_is_rounded_up_to_one_it_acts_on():
+    from scaler.policy.hpa_tolerance import HpaTolerance, smallest_rise
+
+    g = graph()
+    assert smallest_rise(17, 0.1) == 19 and smallest_rise(5, 0.1) == 6 and smallest_rise(10, 0.1) == 12
+    t = target(18)
+    HpaTolerance(0.1).apply(ctx(g, current=17, role_signals={"desired_replicas": 17.0}), t)
+    assert (t.value, t.rule) == (19, Rule.HPA_TOLERANCE) and "within the HPA's 0.1 tolerance" in t.message
+    for value, current, tol in ((25, 17, 0.1), (16, 17, 0.1), (18, 17, 0.0)):  # beyond it, a fall, no tolerance
+        t = target(value)
+        HpaTolerance(tol).apply(ctx(g, current=current), t)
+        assert t.value == value and t.steps == []

@@ -24,6 +24,7 @@ class Rule(StrEnum):
     STABILISATION = "stabilisation"
     MAX_STEP = "max-step"
     NO_CASCADE = "no-cascade"
+    HPA_TOLERANCE = "hpa-tolerance"
     # Per-graph rules.
     RATIO = "ratio"
     MIN_REPLICAS = "min-replicas"

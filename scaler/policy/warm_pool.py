@@ -14,12 +14,32 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scaler.policy import missing_data
 from scaler.policy.bounds import apply_bounds
 from scaler.policy.context import Target
 from scaler.policy.rule import Rule
 
 if TYPE_CHECKING:
     from scaler.config import GraphConfig, RoleConfig
+
+
+def warm_roles(graph: "GraphConfig", untrusted: tuple[Rule, str] | None, serving: dict[str, Target],
+               last: dict[str, int | None], horizons: np.ndarray) -> dict[str, Target]:
+    """The targets of the graph's warm roles: held (at `last`) with the data or with a held serving
+    role, else sized on the serving roles' forecasts."""
+    blind = [r for r, t in serving.items() if t.held]
+    out = {}
+    for role, rcfg in graph.roles.items():
+        if rcfg.kind != "warm":
+            continue
+        if untrusted:
+            out[role] = missing_data.held(role, rcfg, last[role], *untrusted)
+        elif blind:
+            out[role] = missing_data.held(role, rcfg, last[role], Rule.MISSING_DATA,
+                                          f"{', '.join(blind)} held for missing data")
+        else:
+            out[role] = size_warm_pool(role, rcfg, graph, serving, horizons)
+    return out
 
 
 def size_warm_pool(role: str, config: "RoleConfig", graph: "GraphConfig", targets: dict[str, Target],
