@@ -12,7 +12,9 @@ age is monotonic too.
 Cluster reads: the replicas the cluster runs are adopted as soon as the ClusterWatcher has read them
 (its listener), not after the next metrics collection, which may stall for its timeouts; the
 collection itself runs outside the loop's lock. `ready` is set once every role's answer is more than
-the floor held for want of data: adopted from the cluster, or decided on data.
+the floor held for want of data: adopted from the cluster, or decided on data by a poll after the
+warm starts (so that a second replica's first answers are those of a warm forecast, like the running
+one's).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class DecisionLoop:
         # (graph, role) whose answer is more than the floor held for want of data (adopted, or decided
         # on data); `ready` once all are.
         self._settled: set[tuple[str, str]] = set()
+        self._adopted: set[tuple[str, str]] = set()  # of those, the ones adopted (cluster, last decisions)
+        self._warm_polled = False  # a poll decided after every pending warm start
         self.ready = threading.Event()
         self.ready_reason = ""
         self._jumped = 0.0  # the wall clock's offset last logged
@@ -117,7 +121,9 @@ class DecisionLoop:
         adopted = self.engine.adopt_replicas(graph, current, at=now)
         if adopted:
             log.info("graph %s: adopted the cluster's replicas %s", graph, current)
-        self._settled |= {(graph, r) for r in current if r in self.engine.graph_config(graph).roles}
+        roles = {(graph, r) for r in current if r in self.engine.graph_config(graph).roles}
+        self._settled |= roles
+        self._adopted |= roles
         return adopted
 
     def settle(self, graph: str, roles) -> None:
@@ -125,13 +131,15 @@ class DecisionLoop:
         started from the last decisions)."""
         with self._lock:
             self._settled |= {(graph, r) for r in roles}
+            self._adopted |= {(graph, r) for r in roles}
 
     def _mark_ready(self, why: str) -> None:
-        """Set `ready` once every role of every graph is settled (caller holds the lock)."""
+        """Set `ready` once every role of every graph is settled, and either adopted or decided after
+        the warm starts (caller holds the lock)."""
         if self.ready.is_set():
             return
         wanted = {(g, r) for g in self.engine.graphs for r in self.engine.graph_config(g).roles}
-        if wanted <= self._settled:
+        if wanted <= self._settled and (wanted <= self._adopted or self._warm_polled):
             self.ready_reason = why
             self.ready.set()
             log.info("first answers ready: %s", why)
@@ -175,6 +183,7 @@ class DecisionLoop:
         t2 = time.perf_counter()
         decisions = self._decide_all(now)
         t3 = time.perf_counter()
+        self._warm_polled = self._warm_polled or not self._pending_warm
         for g, d in decisions.items():
             self._settled |= {(g, r) for r, rd in d.roles.items() if rd.reason.rule not in HELD}
         for g, reading in readings.items():
@@ -192,7 +201,8 @@ class DecisionLoop:
         self.ticks += 1
         self.last_tick_at = max(self.time.now(), self.last_tick_at)
         self.polled = True
-        self._mark_ready("every role adopted from the cluster or decided on data")  # before the publish: it says so
+        # before the publish, so that what it sends says so:
+        self._mark_ready("every role adopted from the cluster or decided on data after the warm starts")
         self.store.publish(decisions)
         for d in changed.values():
             log.info("decision %s", _one_line(d))

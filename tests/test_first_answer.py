@@ -148,3 +148,47 @@ def test_without_cluster_reads_serving_waits_for_a_poll_decided_on_data(tmp_path
         roles = explain(proc.http_url)["roles"]
         assert not {roles[r]["rule"] for r in RUNNING} & {str(r) for r in HELD}, roles
         assert healthz(proc.http_url) == 200
+
+
+def test_without_cluster_reads_the_first_answers_wait_for_the_warm_start():
+    """In-process: the poll before the warm start (a cold forecast) does not make the loop ready; the
+    first poll after it does, so a second replica's first answers use a warm forecast like the first's."""
+    import threading
+
+    from scaler.clock import ManualClock
+    from scaler.config import ScalerConfig
+    from scaler.engine import Engine
+    from scaler.loop import DecisionLoop
+    from scaler.observation import Observation
+    from scaler.store import DecisionStore
+
+    class Source:
+        keeps_history = True
+
+        def __init__(self) -> None:
+            self.warmed = threading.Event()
+
+        def collect(self, now):
+            return [Observation("g", now, {"request_rate": 20.0, "prefill_tokens_per_s": 40_000.0, "isl_mean": 2000.0},
+                                {"prefill": {"prefill_queued_tokens": 0.0, "ready_workers": 2.0}})]
+
+        def history(self, graph, wanted, start, end, step):
+            self.warmed.set()
+            return {}
+
+        def close(self):
+            pass
+
+    cfg = ScalerConfig.model_validate({"poll_interval": 15, "source": {"kind": "prometheus", "url": "http://127.0.0.1:1"},
+                                       "graphs": {"g": {"roles": {"prefill": {"kind": "prefill"}}}}})
+    clock, src = ManualClock(1_000_000.0), Source()
+    loop = DecisionLoop(Engine(cfg), src, DecisionStore(), clock)
+    loop.start()
+    try:
+        wait_until(lambda: loop.ticks >= 1 and src.warmed.is_set(), WAIT, "a first poll, then the warm start")
+        assert not loop.ready.is_set()  # decided on data, but before the warm start
+        clock.advance(15)
+        wait_until(loop.ready.is_set, WAIT, "ready after the next poll")
+        assert loop.ticks == 2
+    finally:
+        loop.stop()
