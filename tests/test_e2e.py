@@ -80,7 +80,8 @@ def test_the_run_draws_its_picture(run):
 
 def test_a_second_scaler_answers_like_the_first(run):
     """Restart / HA: a second `pdscaler serve` on the same config warm-starts from Prometheus' history
-    and, from its second poll on, answers every role as the running one does (KEDA round-robins)."""
+    and, from its first answer on (once its /healthz, the readiness probe, says so), answers every role
+    as the running one does (KEDA round-robins)."""
     result, _ = run
     assert set(result.ha) == {"prefill", "decode", "warm"}
     for role, pairs in result.ha.items():
