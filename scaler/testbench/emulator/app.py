@@ -7,7 +7,10 @@ One aiohttp server around the pure `GraphSim`, speaking what the scaler and its 
 - the Kubernetes scale subresource of the two DynamoGraphDeploymentScalingAdapters
   (`<graph>-prefillworker`, `<graph>-decodeworker`) at the API server's URL layout, so KEDA-style
   clients and the scaler's actuator can GET/PUT/PATCH replicas;
-- `GET /healthz`.
+- `GET /healthz`;
+- `POST /admin/drop?families=a,b` (test bench faults, `make chaos`): those metric families are left
+  out of /metrics until the next `POST /admin/drop` (no `families`: every family exported again);
+  `GET /admin/drop` lists the dropped ones.
 
 Time comes from an injected clock (`scaler.clock`): a background task advances the simulation to
 `clock.now()` every ~15 ms of wall time, so with a `VirtualClock(speedup)` an hour of traffic replays
@@ -168,6 +171,8 @@ class Emulator:
             web.get("/v1/models", self._h_models),
             web.get("/metrics", self._h_metrics),
             web.get("/healthz", self._h_healthz),
+            web.get("/admin/drop", self._h_dropped),
+            web.post("/admin/drop", self._h_drop),
             web.get(api, self._h_list),
             web.get(api + "/{name}", self._h_adapter),
             web.get(api + "/{name}/scale", self._h_scale_get),
@@ -402,6 +407,22 @@ class Emulator:
 
     async def _h_healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "time": self.sim.now})
+
+    async def _h_dropped(self, request: web.Request) -> web.Response:
+        return web.json_response({"dropped": sorted(self.metrics.dropped)})
+
+    async def _h_drop(self, request: web.Request) -> web.Response:
+        """Leave metric families out of /metrics (their series go stale in Prometheus), or, without
+        `families`, export every one again. An unknown family name is a 400 naming it."""
+        names = {n.strip() for n in request.query.get("families", "").split(",") if n.strip()}
+        known = {f.name for f in self.metrics._families()}
+        known |= {f"{n}_total" for n in known}
+        unknown = sorted(names - known)
+        if unknown:
+            return web.json_response({"error": f"unknown metric families: {', '.join(unknown)}"}, status=400)
+        self.metrics.dropped = frozenset(names)
+        log.info("metric families dropped from /metrics: %s", ", ".join(sorted(names)) or "none")
+        return web.json_response({"dropped": sorted(names)})
 
     # ------------------------------------------------------------------ Kubernetes scale subresource
 
