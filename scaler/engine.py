@@ -12,12 +12,11 @@ this same class:
 
 `decide` is the pipeline of rules, in order, each in its own module under scaler/policy/ (its name
 is the rule's, `scaler.policy.rule.Rule`); a rule that keeps state between decisions owns it, one
-instance per role (`_RoleRules`).
+instance per role (`scaler/policy/role_rules.py`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -33,45 +32,13 @@ from scaler.observation import Observation, sanitize
 from scaler.policy import advisory, missing_data
 from scaler.policy.bounds import apply_bounds
 from scaler.policy.budget import apply_budget
-from scaler.policy.cascade import NoCascade
 from scaler.policy.context import RoleContext, Target, ready_of, replicas_now
-from scaler.policy.floors import Floors
-from scaler.policy.hpa_tolerance import HpaTolerance
-from scaler.policy.need import Need, forecast_figures
+from scaler.policy.need import forecast_figures
 from scaler.policy.outlier import OutlierFilter
 from scaler.policy.ratio import apply_ratio
+from scaler.policy.role_rules import RoleRules
 from scaler.policy.rule import Rule
-from scaler.policy.safety_net import SafetyNet
-from scaler.policy.stabilisation import Stabilisation
-from scaler.policy.step_limit import StepLimit
 from scaler.policy.warm_pool import warm_roles
-from scaler.startup import StartupTracker
-
-
-@dataclass
-class _RoleRules:
-    """One role's rules that keep state, and what the engine remembers of the role."""
-
-    need: Need
-    safety_net: SafetyNet
-    floors: Floors
-    stabilisation: Stabilisation
-    step_limit: StepLimit
-    no_cascade: NoCascade
-    hpa_tolerance: HpaTolerance
-    never_lower: missing_data.NeverLowerOnMissingData
-    startup: StartupTracker
-    target: int | None = None  # the last target computed (advised, in advisory mode)
-    floor_only: bool = True  # every target so far was the floor held for want of data (adopt_replicas may replace it)
-
-    @classmethod
-    def of(cls, config: ScalerConfig, graph: GraphConfig, role: RoleConfig) -> "_RoleRules":
-        return cls(need=Need(config.forecast, graph.slo.attainment, config.poll_interval),
-                   safety_net=SafetyNet(role.safety_net, graph), floors=Floors(),
-                   stabilisation=Stabilisation(role.stabilisation), step_limit=StepLimit(role.max_step),
-                   no_cascade=NoCascade(role.no_cascade), hpa_tolerance=HpaTolerance(graph.hpa_tolerance),
-                   never_lower=missing_data.NeverLowerOnMissingData(),
-                   startup=StartupTracker(role.startup.warm, role.startup.cold_s, role.startup.learn))
 
 
 class Engine:
@@ -92,7 +59,7 @@ class Engine:
             for g in config.graphs
         }
         self._profiles = {g: gcfg.capacity_profile() for g, gcfg in config.graphs.items()}
-        self._rules = {g: {r: _RoleRules.of(config, gcfg, rc) for r, rc in gcfg.roles.items()}
+        self._rules = {g: {r: RoleRules.of(config, gcfg, rc) for r, rc in gcfg.roles.items()}
                        for g, gcfg in config.graphs.items()}
         self._outliers = {g: OutlierFilter(config.outlier_factor, p) for g, p in self._profiles.items()}
 
@@ -230,9 +197,11 @@ class Engine:
             self.adopt_replicas(graph, running, at=min(obs.at, now - 1e-3))
 
     def _horizons(self, graph: str) -> np.ndarray:
-        """Forecast horizons: a grid from now to the longest look-ahead any role needs."""
+        """Forecast horizons: a grid from now to the longest look-ahead any role needs, and at least to
+        the horizon reasons and explain show (forecast.horizon)."""
         gcfg = self.config.graphs[graph]
-        far = max(max(w, c) for w, c in self.lead_times(graph).values()) + gcfg.decision_window
+        far = max(max(max(w, c) for w, c in self.lead_times(graph).values()) + gcfg.decision_window,
+                  self.config.forecast.horizon)
         step = max(self.config.poll_interval, 15.0)
         return np.arange(0.0, far + step, step, dtype=float)
 
