@@ -268,7 +268,9 @@ class DecisionWorker:
                 pass
 
     def reload(self, config: ScalerConfig) -> None:
-        self.config = config
+        with self._lock:
+            self.config = config
+            self.last_decisions = {g: d for g, d in self.last_decisions.items() if g in config.graphs}
         try:
             self._conn.send(("reload", config))
         except (OSError, ValueError, AttributeError):  # the child is down: the next one starts with it
