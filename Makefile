@@ -36,9 +36,12 @@ test-fast: $(STAMP) system-deps
 e2e: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/test_e2e.py $(PYTEST_ARGS)
 
-# Faults injected into a live scaler on loopback (Prometheus down, slow, killed; metrics gone; bad config).
+# Faults injected into a live scaler on loopback (Prometheus down, slow, trickling, killed; series
+# dropped; a one-poll spike; metrics gone; bad config; the decision process killed), restarts that
+# must adopt what runs before serving, and wall-clock jumps on an injected clock.
 chaos: $(STAMP) system-deps
-	$(BIN)/python -m pytest tests/test_chaos.py tests/test_faults.py tests/test_fuzz.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/test_chaos.py tests/test_faults.py tests/test_fuzz.py tests/test_first_answer.py \
+	  tests/test_restarts.py tests/test_clock_jumps.py $(PYTEST_ARGS)
 
 # Regenerate the committed Grafana dashboards (dashboards/*.json) from dashboards/build.py.
 dashboards: $(STAMP)
