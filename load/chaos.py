@@ -399,8 +399,8 @@ async def _kill_decision_process(serve_pid: int, result: ChaosResult) -> None:
     """SIGKILL serve's decision process, then wait (at most RESTART_WAIT_S) for serve to start a new one
     and for that one to poll (pdscaler_polls_total moving again, read by the sampler)."""
     (old,) = await asyncio.to_thread(decision_processes, serve_pid)
+    result.killed = {"pid": old, "at": time.time()}  # taken first: nothing after it saw the process alive
     os.kill(old, signal.SIGKILL)
-    result.killed = {"pid": old, "at": time.time()}
     deadline = time.time() + RESTART_WAIT_S
     while time.time() < deadline:
         new = [p for p in await asyncio.to_thread(decision_processes, serve_pid) if p != old]

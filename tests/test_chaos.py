@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.chaos,
 DATA_FAULTS = ("prometheus-down", "prometheus-slow", "prometheus-trickle", "prometheus-killed", "metrics-gone")
 HELD = {str(r) for r in HELD_RULES}
 SERVING_ROLES = ("prefill", "decode")
+PROBE_S = 1.0
 
 
 def window(result, fault: str) -> tuple[float, float]:
@@ -34,7 +35,9 @@ def names_missing(decision: dict, what: str) -> bool:
 def not_healthy_while_restarting(result, p) -> bool:
     """decision-process-killed: NOT_SERVING from the kill until the new process's first answers."""
     k = result.killed
-    if not k or p.t < k["at"]:
+    # A probe is stamped when it starts and reads /healthz after its three gRPC calls: one that started
+    # just before the kill may read the 503 (PROBE_S: far more than a probe takes, ~10 ms).
+    if not k or p.t < k["at"] - PROBE_S:
         return False
     back = next((q.t for q in result.probes if q.t > k.get("new_pid_at", float("inf")) and q.healthy), float("inf"))
     return p.t < back
