@@ -19,6 +19,31 @@ def test_histogram_quantile_interpolates_like_prometheus():
     assert histogram_quantile(0.5, {"1.0": 0, "+Inf": 0}) != histogram_quantile(0.5, {"1.0": 0, "+Inf": 0})  # NaN
 
 
+def serve_metrics(body):
+    """A /metrics endpoint on loopback answering `body()` (bytes) at every GET; (server, url)."""
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = body()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/metrics"
+
+
+def stop(server) -> None:
+    server.shutdown()
+    server.server_close()
+
+
 class Exporter:
     """A real HTTP /metrics endpoint serving a prometheus_client registry with Dynamo's names."""
 
@@ -31,26 +56,10 @@ class Exporter:
         self.prefill_tokens = Gauge("dynamo_frontend_worker_active_prefill_tokens", "", ["worker_id", "worker_type"], registry=r)
         self.decode_blocks = Gauge("dynamo_frontend_worker_active_decode_blocks", "", ["worker_id", "worker_type"], registry=r)
         self.kv_active = Gauge("dynamo_component_kvstats_active_blocks", "", ["dynamo_component", "worker_id"], registry=r)
-        exporter = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = generate_latest(exporter.registry)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+        self.server, self.url = serve_metrics(lambda: generate_latest(self.registry))
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
 
 
 @pytest.fixture
@@ -144,27 +153,10 @@ class RawExporter:
 
     def __init__(self, text: str):
         self.text = text
-        exporter = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = exporter.text.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+        self.server, self.url = serve_metrics(lambda: self.text.encode())
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
 
 
 PREFILL = 'dynamo_frontend_worker_active_prefill_tokens{worker_id="0",worker_type="prefill"} 5000'
