@@ -139,13 +139,14 @@ class Engine:
         """The decision for `graph` (optional when only one graph is configured) at time `now`."""
         graph = self._name(graph)
         gcfg, rules, obs = self.graph_config(graph), self._rules[graph], self._latest.get(graph)
-        self._adopt_running(now, graph, obs)  # the first decision never cuts what runs at once
+        untrusted = missing_data.untrusted(now, obs, self.config.stale_after)
+        if not untrusted:
+            self._adopt_running(now, graph, obs)  # the first decision never cuts what runs at once
         for role, r in rules.items():  # start-up times learned from the rollouts observed
             r.startup.observe(now, r.target, ready_of(obs.roles.get(role, {})) if obs else None)
         horizons = self._horizons(graph)
         forecast, forecast_note = self._forecast(now, graph, horizons)
         contexts = self._contexts(now, graph, obs, forecast, horizons)
-        untrusted = missing_data.untrusted(now, obs, self.config.stale_after)
         targets: dict[str, Target] = {}
         for role, ctx in contexts.items():  # per serving role, in order:
             r = rules[role]
@@ -182,12 +183,10 @@ class Engine:
             raise ValueError(f"several graphs configured ({', '.join(self.graphs)}): name one")
         return self.graphs[0]
 
-    def _adopt_running(self, now: float, graph: str, obs: Observation | None) -> None:
-        """Roles without a target yet adopt the replicas the observation says are running (the scale
-        subresource's count, else the ready ones), as adopt_replicas(at=now) would: a fall from them
-        waits for the scale-down window like any other."""
-        if obs is None or missing_data.staleness(now, obs.at, self.config.stale_after):
-            return
+    def _adopt_running(self, now: float, graph: str, obs: Observation) -> None:
+        """Roles without a target yet adopt the replicas the (fresh) observation says are running (the
+        scale subresource's count, else the ready ones), as adopt_replicas(at=now) would: a fall from
+        them waits for the scale-down window like any other."""
         running = {}
         for role, r in self._rules[graph].items():
             values = obs.roles.get(role, {})

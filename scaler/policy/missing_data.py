@@ -70,22 +70,16 @@ LOWER_ON: dict[str, tuple[tuple[str, tuple[tuple[str, ...], ...]], ...]] = {
 }
 
 
+# With no traffic (request_rate 0) the mean lengths are 0/0 in PromQL (dropped) and the token rates 0.
+_NOT_NEEDED_IDLE = frozenset({"isl_mean", "osl_mean", "prefill_tokens_per_s", "decode_tokens_per_s"})
+
+
 def missing_for_lowering(kind: str, graph: Mapping[str, float], role: Mapping[str, float]) -> list[str]:
-    """The inputs of LOWER_ON[kind] the observation lacks, as readable names. With no traffic
-    (request_rate 0) the mean lengths are 0/0 and not needed."""
+    """The inputs of LOWER_ON[kind] the observation lacks, as readable names."""
     values = {**graph, **role}
-    idle = values.get("request_rate") == 0
-    out = []
-    for what, alternatives in LOWER_ON[kind]:
-        def present(names: tuple[str, ...]) -> bool:
-            return all(n in values or (idle and n in _LENGTHS_AND_RATES) for n in names)
-
-        if not any(present(a) for a in alternatives):
-            out.append(f"{what} ({' or '.join('+'.join(a) for a in alternatives)})")
-    return out
-
-
-_LENGTHS_AND_RATES = frozenset({"isl_mean", "osl_mean", "prefill_tokens_per_s", "decode_tokens_per_s"})
+    have = set(values) | (_NOT_NEEDED_IDLE if values.get("request_rate") == 0 else set())
+    return [f"{what} ({' or '.join('+'.join(a) for a in alternatives)})"
+            for what, alternatives in LOWER_ON[kind] if not any(have.issuperset(a) for a in alternatives)]
 
 
 class NeverLowerOnMissingData:
