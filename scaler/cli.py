@@ -8,13 +8,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import logging
+import re
 import signal
 import sys
 
 from scaler import __version__
 
 log = logging.getLogger("pdscaler.cli")
+
+
+class UserError(Exception):
+    """A mistake of the person running a command (a port in use, a missing or malformed input file):
+    `main` prints its message as one line on stderr, `pdscaler <command>: <message>`, and exits 2."""
+
+
+def check_port_free(host: str | None, port: int, what: str, flag: str) -> None:
+    """UserError unless `host:port` can be bound now (port 0, ephemeral, always can): a port in use
+    says so and names the option choosing another, before a server starts and fails half-way."""
+    if port is None or port <= 0:
+        return
+    from scaler.http_admin import listen_sockets
+
+    try:
+        socks = listen_sockets(host, port)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            hint = " (Prometheus' own default port: a local Prometheus?)" if port == 9090 else ""
+            raise UserError(f"{what} port {port} is already in use{hint}: is another pdscaler running? "
+                            f"Choose another port with {flag}") from None
+        raise UserError(f"cannot listen on {host or '[::]'}:{port} ({what} port, {flag}): "
+                        f"{getattr(e, 'strerror', None) or e}") from None
+    for s in socks:
+        s.close()
 
 
 def _configure_logging(level: str) -> None:
@@ -50,13 +77,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     if config is None:
         return 2
+    if args.prometheus_url and args.scrape_url:
+        raise UserError("give --prometheus-url or --scrape-url, not both")
     if args.prometheus_url:
         if not isinstance(config.source, PrometheusSourceConfig):
             print("pdscaler: --prometheus-url needs source.kind: prometheus in the config", file=sys.stderr)
             return 2
+    if args.scrape_url and len(config.graphs) != 1:
+        raise UserError(f"--scrape-url reads one graph's /metrics, and {args.config} configures "
+                        f"{len(config.graphs)} ({', '.join(config.graphs)}): use source.kind: scrape with targets per graph")
+
     def adjust(cfg):  # command-line overrides, re-applied to every reload
         if args.prometheus_url and isinstance(cfg.source, PrometheusSourceConfig):
             return cfg.model_copy(update={"source": cfg.source.model_copy(update={"url": args.prometheus_url})})
+        if args.scrape_url:
+            from scaler.config import ScrapeSourceConfig
+
+            src = ScrapeSourceConfig(targets={g: list(args.scrape_url) for g in cfg.graphs},
+                                     timeout=cfg.source.timeout, rate_window=cfg.source.rate_window,
+                                     metric_names=cfg.source.metric_names)
+            return cfg.model_copy(update={"source": src})
         return cfg
 
     config = adjust(config)
@@ -91,6 +131,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("--http-max-connections %d lowered to %d: a quarter of the %d open files allowed",
                     http_limits.max_connections, max(1, fds // 4), fds)
         http_limits = dataclasses.replace(http_limits, max_connections=max(1, fds // 4))
+    check_port_free(args.host, args.port, "the gRPC", "--port")
+    if args.http_port is not None and args.http_port >= 0:
+        check_port_free(args.http_host, args.http_port, "the HTTP", "--http-port (-1: off)")
     repeats = RepeatedLinesFilter()  # a flood of identical lines: one a minute, with its count
     handlers = logging.getLogger().handlers
     for handler in handlers:
@@ -134,7 +177,10 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     worker = DecisionWorker(config, store, clock, registry=metrics.registry)
     metrics.extra = worker.child_metrics  # the decision series, rendered in the decision process
     metrics.registry.register(AgeCollector(store, clock.now))
-    server = await start_server(config, store, port, host, tls, [metrics.interceptor()], grpc_limits)
+    try:
+        server = await start_server(config, store, port, host, tls, [metrics.interceptor()], grpc_limits)
+    except (RuntimeError, OSError) as e:  # taken since check_port_free, or an address not of this host
+        raise UserError(f"cannot listen on {host}:{port} (gRPC port, --port): {e}") from None
 
     async def report_health(serving: bool | None) -> bool:
         """gRPC health (and the pdscaler_healthy gauge) from worker.healthy(); /healthz asks it directly."""
@@ -154,8 +200,13 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     if http_port is not None and http_port >= 0:
         from scaler.http_admin import ALL_ADDRESSES, start_http
 
-        http, http_bound = await start_http(store, graphs, http_host, http_port, metrics, health=worker.healthy,
-                                            limits=http_limits)
+        try:
+            http, http_bound = await start_http(store, graphs, http_host, http_port, metrics,
+                                                health=worker.healthy, limits=http_limits)
+        except OSError as e:  # taken since check_port_free
+            await server.stop(grace=None)
+            raise UserError(f"cannot listen on port {http_port} (HTTP port, --http-port; -1: off): "
+                            f"{e.strerror or e}") from None
         shown = "[::]" if http_host in ALL_ADDRESSES else f"[{http_host.strip('[]')}]" if ":" in http_host else http_host
         print(f"pdscaler {__version__}: explain and metrics on http://{shown}:{http_bound}/explain, /metrics"
               + (" (every address, IPv4 and IPv6)" if http_host in ALL_ADDRESSES else ""), flush=True)
@@ -257,7 +308,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     url = args.server.rstrip("/") + "/explain" + ("?" + urllib.parse.urlencode(query) if query else "")
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as r:
-            sys.stdout.write(r.read().decode())
+            body = r.read().decode()
+        sys.stdout.write(body if args.json else readable_times(body))
         return 0
     except urllib.error.HTTPError as e:
         print(f"pdscaler explain: {e.read().decode().strip() or e.reason} (HTTP {e.code} from {url})", file=sys.stderr)
@@ -267,6 +319,28 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"pdscaler explain: cannot reach {args.server}: {reason} (is `pdscaler serve` running with "
               f"--http-port?)", file=sys.stderr)
         return 2
+
+
+_EPOCH = re.compile(r"\bt=(\d{9,}(?:\.\d+)?)")
+
+
+def readable_times(text: str, now: float | None = None) -> str:
+    """The epoch times of an explain text (`t=1764650000.0`) as ISO-8601 UTC with their age:
+    `2025-12-02T05:53:20Z, 12 s ago`."""
+    import time
+    from datetime import datetime, timezone
+
+    now = time.time() if now is None else now
+
+    def one(m: re.Match) -> str:
+        t = float(m.group(1))
+        iso = datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        age = now - t
+        ago = f"{age:.0f} s ago" if abs(age) < 120 else f"{age / 60:.0f} min ago" if abs(age) < 7200 \
+            else f"{age / 3600:.1f} h ago"
+        return f"{iso}, {ago}" if age >= -1 else f"{iso}, in {-age:.0f} s"
+
+    return _EPOCH.sub(one, text)
 
 
 def cmd_config_example(args: argparse.Namespace) -> int:
@@ -281,11 +355,16 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     roles = sum(len(g.roles) for g in config.graphs.values())
-    print(f"{args.file}: valid ({len(config.graphs)} graphs, {roles} roles, source {config.source.kind})")
+    print(f"{args.file}: valid ({_count(len(config.graphs), 'graph')}, {_count(roles, 'role')}, "
+          f"source {config.source.kind})")
     for g, gc in config.graphs.items():
         for line in gc.ignored_settings(g):
             print(f"warning: {line}")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _raise_file_limit(want: int = 65536) -> int | None:
@@ -338,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=6000, help="gRPC port (default 6000)")
     s.add_argument("--host", default="[::]", help="address to bind (default all)")
     s.add_argument("--prometheus-url", help="override source.url of a prometheus source")
+    s.add_argument("--scrape-url", action="append", default=[], metavar="URL",
+                   help="read the config's one graph straight from this /metrics URL (repeatable) instead of its "
+                        "source: a scrape source, e.g. `pdscaler emulate`'s http://127.0.0.1:8000/metrics")
     s.add_argument("--http-port", type=int, default=9090,
                    help="HTTP port for /explain, /metrics and /healthz (default 9090; -1 = off)")
     s.add_argument("--http-host", default=None,
@@ -387,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("file")
     cc.set_defaults(func=cmd_config_check)
 
+    from scaler.dynamo_profile import register as register_profile
+
+    register_profile(sub)  # `pdscaler profile import`: Dynamo's profiler output -> capacity profile
+
     _plug_in(sub)
     return p
 
@@ -402,7 +488,11 @@ def _plug_in(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"pdscaler {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ only when it runs, so building the parser costs nothing.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+
+from scaler.cli import UserError, check_port_free
+from scaler.testbench.traces import TRACE_HELP, TraceError, resolve_trace
 
 
 def register(sub) -> None:
@@ -15,11 +19,13 @@ def register(sub) -> None:
     e.add_argument("--port", type=int, default=8000)
     e.add_argument("--host", default="127.0.0.1")
     e.add_argument("--speedup", type=float, default=1.0, help="virtual time runs this many times faster")
-    e.add_argument("--trace", help="replay a trace internally: a path, or azure-code / azure-conv")
+    e.add_argument("--trace", help="replay a per-request trace internally: " + TRACE_HELP)
     e.add_argument("--format", choices=["azure", "mooncake"], help="trace format (default: detected)")
     e.add_argument("--rate-scale", type=float, default=1.0, help="multiply the trace's arrival rate")
-    e.add_argument("--graph", default="demo", help="graph (DGD) name used in metric labels and adapters")
-    e.add_argument("--namespace", default="default")
+    e.add_argument("--graph", default="example", help="graph (DGD) name used in metric labels and adapters "
+                   "(default example, the graph of `pdscaler config example`)")
+    e.add_argument("--namespace", default="dynamo", help="Kubernetes namespace in metric labels and adapters "
+                   "(default dynamo, the example config's)")
     e.set_defaults(func=cmd_emulate)
 
     d = sub.add_parser("demo", help="replay a real trace against the emulator with pdscaler and KEDA/HPA emulation")
@@ -27,13 +33,13 @@ def register(sub) -> None:
     d.add_argument("--speedup", type=float, default=30.0, help="virtual seconds per wall second (default 30)")
     d.add_argument("--grpc-port", type=int, default=0, help="keep the scaler's gRPC server on this port (default: ephemeral)")
     d.add_argument("--no-ui", action="store_true", help="plain log lines instead of the live terminal view")
-    d.add_argument("--trace", default="azure-code", help="azure-code (default), azure-conv, or a trace path")
+    d.add_argument("--trace", default="azure-code", help="per-request trace (default azure-code): " + TRACE_HELP)
     d.add_argument("--rate-scale", type=float, default=10.0, help="multiply the trace's arrival rate (default 10)")
     d.add_argument("--start", type=float, default=0.0, help="start this many trace seconds in")
     d.set_defaults(func=cmd_demo)
 
     fe = sub.add_parser("forecast-eval", help="rolling-origin evaluation of the forecasting models on a trace")
-    fe.add_argument("--trace", required=True, help="per-request trace (Azure CSV, Mooncake JSONL) or ServeGen rate CSV")
+    fe.add_argument("--trace", required=True, help=TRACE_HELP)
     fe.add_argument("--format", choices=["azure", "mooncake", "rates"], help="trace format (default: detected)")
     fe.add_argument("--series", help="category_model of a rate curve (e.g. language/m-large)")
     fe.add_argument("--signal", default="request_rate",
@@ -48,7 +54,9 @@ def register(sub) -> None:
     fe.add_argument("--warmup", help="fit on this much history (default: 25%% of the series, >= 3 days if it spans >= 6)")
     fe.add_argument("--json", help="write the metrics as JSON to this file")
     fe.add_argument("--plot", help="write a PNG: actual vs the selected model's forecast and the best baseline")
-    fe.add_argument("--progress", action="store_true", help="log each model's progress to stderr")
+    fe.add_argument("--progress", action="store_true", default=None,
+                    help="log each model's progress to stderr (default: when stderr is a terminal)")
+    fe.add_argument("--no-progress", dest="progress", action="store_false", help="no progress lines")
     fe.set_defaults(func=cmd_forecast_eval)
 
     bt = sub.add_parser("backtest", help="replay a trace through the fluid model under several scaling policies")
@@ -74,8 +82,7 @@ def register(sub) -> None:
 
 def _replay_args(bt) -> None:
     """The workload, hardware and cluster options `backtest` and `frontier` share."""
-    bt.add_argument("--trace", required=True, help="per-request trace (Azure CSV, Mooncake JSONL), ServeGen rate CSV, "
-                    "or azure-code / azure-conv")
+    bt.add_argument("--trace", required=True, help=TRACE_HELP)
     bt.add_argument("--format", choices=["azure", "mooncake", "rates"], help="trace format (default: detected)")
     bt.add_argument("--series", help="category_model of a rate curve (e.g. language/m-large)")
     bt.add_argument("--rate-scale", type=float, default=1.0, help="multiply the arrival rate (default 1)")
@@ -100,35 +107,55 @@ def _replay_args(bt) -> None:
     bt.add_argument("--max-replicas", type=int, default=1000, help="per-role ceiling of the adaptive policies")
 
 
+def trace_path(spec: str) -> str:
+    """A --trace value (a path or a bundled name) as the path of its file; UserError otherwise."""
+    try:
+        return str(resolve_trace(spec))
+    except TraceError as e:
+        raise UserError(str(e)) from None
+
+
 def cmd_emulate(args: argparse.Namespace) -> int:
     from scaler.testbench.emulator.app import run
 
-    return run(
-        port=args.port,
-        host=args.host,
-        speedup=args.speedup,
-        trace=args.trace,
-        trace_format=args.format,
-        rate_scale=args.rate_scale,
-        graph=args.graph,
-        namespace=args.namespace,
-    )
+    trace = trace_path(args.trace) if args.trace else None
+    check_port_free(args.host, args.port, "the emulator's", "--port")
+    try:
+        return run(
+            port=args.port,
+            host=args.host,
+            speedup=args.speedup,
+            trace=trace,
+            trace_format=args.format,
+            rate_scale=args.rate_scale,
+            graph=args.graph,
+            namespace=args.namespace,
+        )
+    except OSError as e:  # the port taken between the check and the bind
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"port {args.port} is already in use: choose another with --port") from None
+        raise
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from scaler.testbench.demo import DemoOptions, run_demo
 
-    return run_demo(
-        DemoOptions(
-            duration=args.duration,
-            speedup=args.speedup,
-            grpc_port=args.grpc_port,
-            ui=not args.no_ui,
-            trace=args.trace,
-            rate_scale=args.rate_scale,
-            start=args.start,
+    trace_path(args.trace)  # a file or a bundled name, else one line now
+    check_port_free("127.0.0.1", args.grpc_port, "the scaler's gRPC", "--grpc-port")
+    try:
+        return run_demo(
+            DemoOptions(
+                duration=args.duration,
+                speedup=args.speedup,
+                grpc_port=args.grpc_port,
+                ui=not args.no_ui,
+                trace=args.trace,
+                rate_scale=args.rate_scale,
+                start=args.start,
+            )
         )
-    )
+    except TraceError as e:
+        raise UserError(str(e)) from None
 
 
 def _report(result, args: argparse.Namespace) -> int:
@@ -150,15 +177,17 @@ def cmd_forecast_eval(args: argparse.Namespace) -> int:
     from forecasting.evaluation.series import load_series
     from scaler.config import parse_duration
 
+    path = trace_path(args.trace)
     try:
         horizons = [parse_duration(h) for h in args.horizon.split(",") if h.strip()]
         step = parse_duration(args.step) if args.step else None
         warmup = parse_duration(args.warmup) if args.warmup else None
         quantiles = [float(q) for q in args.quantiles.split(",") if q.strip()]
         names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-        series = load_series(args.trace, args.format, args.series, args.signal, step)
+        series = load_series(path, args.format, args.series, args.signal, step)
         specs = registry_specs(names)
-        progress = (lambda msg: print(f"pdscaler forecast-eval: {msg}", file=sys.stderr, flush=True)) if args.progress else None
+        wanted = sys.stderr.isatty() if args.progress is None else args.progress
+        progress = (lambda msg: print(f"pdscaler forecast-eval: {msg}", file=sys.stderr, flush=True)) if wanted else None
         ev = evaluate(series, specs, horizons, quantiles, args.max_origins, args.seed, warmup,
                       signal=args.signal, trace=args.trace, progress=progress)
     except (ValueError, OSError) as e:
@@ -174,11 +203,12 @@ def _replay_context(args: argparse.Namespace):
     from scaler.testbench.sim.nodes import NodeSettings
     from scaler.testbench.sim.workload import load_workload
 
+    path = trace_path(args.trace)
     warm, cold = parse_duration(args.warm_start), parse_duration(args.cold_start)
     if cold < warm:
         raise ValueError(f"--cold-start ({cold:g}s) must be at least --warm-start ({warm:g}s)")
     workload = load_workload(
-        args.trace, args.format, series=args.series, rate_scale=args.rate_scale, dt=args.dt, seed=args.seed,
+        path, args.format, series=args.series, rate_scale=args.rate_scale, dt=args.dt, seed=args.seed,
         isl=args.isl, osl=args.osl, interpolation=args.interpolation,
         history_s=parse_duration(args.history) if args.history is not None else None,
     ).sliced(parse_duration(args.start), parse_duration(args.duration) if args.duration else None)

@@ -45,7 +45,7 @@ from scaler.loop import DecisionLoop
 from scaler.server import start_server
 from scaler.sources.scrape import ScrapeSource
 from scaler.store import DecisionStore
-from scaler.testbench.traces import TraceRequest, bundled_trace, load_trace, scale_rate
+from scaler.testbench.traces import TraceRequest, load_trace, resolve_trace, scale_rate
 
 GRAPH, NAMESPACE = "demo", "default"
 ADAPTERS = {"prefill": f"{GRAPH}-prefillworker", "decode": f"{GRAPH}-decodeworker"}
@@ -128,7 +128,7 @@ def scaled_object_spec(so: Mapping[str, Any]) -> ScaledObjectSpec:
 
 
 def load_demo_trace(opts: DemoOptions) -> list[TraceRequest]:
-    path = bundled_trace(opts.trace) if opts.trace in ("azure-code", "azure-conv") else opts.trace
+    path = resolve_trace(opts.trace)
     reqs = [TraceRequest(r.t - opts.start, r.isl, r.osl) for r in load_trace(path) if r.t >= opts.start]
     return scale_rate(reqs, opts.rate_scale, seed=0)
 

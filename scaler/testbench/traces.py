@@ -33,17 +33,39 @@ __all__ = [
     "load_rate_curve",
     "scale_rate",
     "bundled_trace",
+    "resolve_trace",
+    "TraceError",
     "BUNDLED_TRACES",
     "TRACE_FORMATS",
+    "TRACE_HELP",
 ]
 
 TRACE_FORMATS = ("azure", "mooncake")
 
-#: Traces shipped in ``scaler/testbench/data/traces`` (CC-BY-4.0, Azure/AzurePublicDataset; see NOTICE).
+#: Traces shipped in ``scaler/testbench/data/traces`` (see NOTICE): the Azure LLM inference traces
+#: (CC-BY-4.0, Azure/AzurePublicDataset) and ServeGen's language rate curves (Apache-2.0, derived from
+#: alibaba/ServeGen).
 BUNDLED_TRACES: dict[str, str] = {
     "azure-code": "AzureLLMInferenceTrace_code.csv",
     "azure-conv": "AzureLLMInferenceTrace_conv.csv",
+    "servegen-language": "servegen_language_rates.csv",
 }
+
+#: What one bundled trace is, for `--help` and error messages.
+BUNDLED_DESCRIPTIONS: dict[str, str] = {
+    "azure-code": "Azure code trace, 8,818 requests in 57 min, bursty",
+    "azure-conv": "Azure conversation trace, 19,365 requests in 58 min, steady",
+    "servegen-language": "ServeGen rate curves, 14 days, series language/m-large and language/m-mid",
+}
+
+#: The one help text of every command's --trace option.
+TRACE_HELP = ("a trace file (Azure CSV, Mooncake JSONL, ServeGen rate CSV) or a bundled trace: "
+              + ", ".join(BUNDLED_TRACES))
+
+
+class TraceError(ValueError):
+    """A trace that cannot be used (no such file or bundled name, or a malformed file): the message
+    names the file (and line) and says what was expected."""
 
 _AZURE_HEADER = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 _RATE_HEADER = ("category_model", "t_s", "total_rate_rps", "active_clients")
@@ -59,14 +81,34 @@ class TraceRequest:
 
 
 def bundled_trace(name: str) -> Path:
-    """Path of a trace shipped with the package (`azure-code`, `azure-conv`)."""
+    """Path of a trace shipped with the package (`azure-code`, `azure-conv`, `servegen-language`)."""
     try:
         filename = BUNDLED_TRACES[name]
     except KeyError:
-        raise ValueError(
+        raise TraceError(
             f"unknown bundled trace {name!r}; available: {', '.join(sorted(BUNDLED_TRACES))}"
         ) from None
     return Path(__file__).resolve().parent / "data" / "traces" / filename
+
+
+def resolve_trace(spec: str | os.PathLike[str]) -> Path:
+    """The file of a `--trace` value: an existing path, else a bundled trace's name. The one resolution
+    of every command (demo, emulate, backtest, frontier, forecast-eval, the load tests): a value that is
+    neither raises TraceError naming the closest bundled name, if one is close."""
+    import difflib
+
+    text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if text in BUNDLED_TRACES:
+        return bundled_trace(text)
+    if path.exists():
+        raise TraceError(f"trace {text!r} is not a file")
+    close = difflib.get_close_matches(text, list(BUNDLED_TRACES), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise TraceError(f"no trace file {text!r} and no bundled trace of that name; {hint}"
+                     f"bundled traces: {', '.join(BUNDLED_TRACES)}")
 
 
 def load_trace(path: str | os.PathLike[str], fmt: str | None = None) -> list[TraceRequest]:
@@ -76,8 +118,13 @@ def load_trace(path: str | os.PathLike[str], fmt: str | None = None) -> list[Tra
     naming the file and line for malformed rows, negative lengths or an unknown format.
     """
     path = Path(path)
-    with path.open("r", encoding="utf-8", newline="") as f:
-        lines = f.read().splitlines()
+    try:
+        with path.open("r", encoding="utf-8", newline="") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise TraceError(f"{path}: not a text file (expected an Azure CSV or Mooncake JSONL trace)") from None
+    except OSError as e:
+        raise TraceError(f"cannot read trace {path}: {e.strerror or e}") from None
     if fmt is None:
         fmt = _infer_format(path, lines)
     if fmt == "azure":
@@ -85,7 +132,7 @@ def load_trace(path: str | os.PathLike[str], fmt: str | None = None) -> list[Tra
     elif fmt == "mooncake":
         requests = _parse_mooncake(path, lines)
     else:
-        raise ValueError(f"{path}: unknown trace format {fmt!r}; expected one of {TRACE_FORMATS}")
+        raise TraceError(f"{path}: unknown trace format {fmt!r}; expected one of {TRACE_FORMATS}")
     requests.sort(key=lambda r: r.t)
     return requests
 
@@ -96,9 +143,12 @@ def _infer_format(path: Path, lines: list[str]) -> str:
         return "mooncake"
     if tuple(c.strip() for c in first.lstrip("\ufeff").split(",")) == _AZURE_HEADER:
         return "azure"
-    raise ValueError(
-        f"{path}:1: cannot infer trace format from {first[:80]!r}; expected an Azure CSV header "
-        f"{','.join(_AZURE_HEADER)!r} or Mooncake JSONL; pass fmt explicitly"
+    if tuple(c.strip() for c in first.lstrip("\ufeff").split(",")) == _RATE_HEADER:
+        raise TraceError(f"{path}: a ServeGen rate curve, not a per-request trace: this command needs an "
+                         f"Azure CSV or Mooncake JSONL trace (backtest, frontier and forecast-eval take rate curves)")
+    raise TraceError(
+        f"{path}:1: not a trace (cannot infer its format from the first line {first[:80]!r}); expected an Azure CSV header "
+        f"{','.join(_AZURE_HEADER)!r} or Mooncake JSONL (one JSON object per line)"
     )
 
 
@@ -128,22 +178,22 @@ def _parse_azure(path: Path, lines: list[str]) -> list[TraceRequest]:
             continue
         if not header_seen:
             if tuple(c.strip().lstrip("\ufeff") for c in row) != _AZURE_HEADER:
-                raise ValueError(
+                raise TraceError(
                     f"{path}:{lineno}: expected header {','.join(_AZURE_HEADER)!r}, got {','.join(row)!r}"
                 )
             header_seen = True
             continue
         if len(row) != 3:
-            raise ValueError(f"{path}:{lineno}: expected 3 columns, got {len(row)}: {','.join(row)!r}")
+            raise TraceError(f"{path}:{lineno}: expected 3 columns, got {len(row)}: {','.join(row)!r}")
         try:
             ns = _parse_azure_timestamp(row[0])
             isl = _parse_count(row[1], "ContextTokens")
             osl = _parse_count(row[2], "GeneratedTokens")
         except ValueError as e:
-            raise ValueError(f"{path}:{lineno}: malformed row {','.join(row)!r}: {e}") from None
+            raise TraceError(f"{path}:{lineno}: malformed row {','.join(row)!r}: {e}") from None
         rows.append((ns, isl, osl))
     if not header_seen:
-        raise ValueError(f"{path}:1: empty file, expected header {','.join(_AZURE_HEADER)!r}")
+        raise TraceError(f"{path}:1: empty file, expected header {','.join(_AZURE_HEADER)!r}")
     if not rows:
         return []
     t0 = min(r[0] for r in rows)
@@ -167,7 +217,7 @@ def _parse_mooncake(path: Path, lines: list[str]) -> list[TraceRequest]:
             osl = _parse_count(obj["output_length"], "output_length")
         except (ValueError, KeyError, TypeError) as e:
             detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-            raise ValueError(f"{path}:{lineno}: malformed Mooncake record: {detail}") from None
+            raise TraceError(f"{path}:{lineno}: malformed Mooncake record: {detail}") from None
         rows.append((ts, isl, osl))
     if not rows:
         return []
@@ -194,29 +244,29 @@ def load_rate_curve(
                 continue
             if not header_seen:
                 if tuple(c.strip().lstrip("\ufeff") for c in row) != _RATE_HEADER:
-                    raise ValueError(
+                    raise TraceError(
                         f"{path}:{lineno}: expected header {','.join(_RATE_HEADER)!r}, got {','.join(row)!r}"
                     )
                 header_seen = True
                 continue
             if len(row) != 4:
-                raise ValueError(f"{path}:{lineno}: expected 4 columns, got {len(row)}")
+                raise TraceError(f"{path}:{lineno}: expected 4 columns, got {len(row)}")
             try:
                 t, rate = float(row[1]), float(row[2])
                 if not (math.isfinite(t) and math.isfinite(rate)) or rate < 0:
                     raise ValueError("t_s and total_rate_rps must be finite, rate >= 0")
             except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: malformed row {','.join(row)!r}: {e}") from None
+                raise TraceError(f"{path}:{lineno}: malformed row {','.join(row)!r}: {e}") from None
             by_series.setdefault(row[0].strip(), []).append((t, rate))
     if not by_series:
-        raise ValueError(f"{path}: no rows")
+        raise TraceError(f"{path}: no rows")
     available = ", ".join(sorted(by_series))
     if series is None:
         if len(by_series) > 1:
-            raise ValueError(f"{path}: several series, pick one with series=...: {available}")
+            raise TraceError(f"{path}: several series, pick one with series=...: {available}")
         series = next(iter(by_series))
     if series not in by_series:
-        raise ValueError(f"{path}: no series {series!r}; available: {available}")
+        raise TraceError(f"{path}: no series {series!r}; available: {available}")
     points = sorted(by_series[series])
     arr = np.array(points, dtype=np.float64).reshape(-1, 2)
     return arr[:, 0].copy(), arr[:, 1].copy()
