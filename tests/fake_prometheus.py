@@ -73,13 +73,16 @@ class FakePrometheus:
     `series` ([(labels, value)], or None): answers come from these series (see series_result).
 
     hang: every request is held open, unanswered, until `close()`; `holding` counts the requests
-    held right now and `held` is set once one is (an event to wait on: the client is blocked)."""
+    held right now and `held` is set once one is (an event to wait on: the client is blocked).
+    `ranges` (or None): /api/v1/query_range answers `ranges(query, start, end, step)`, a list of
+    {"metric": labels, "values": [[t, "v"], ...]} (a matrix)."""
 
     def __init__(self) -> None:
         self.mode, self.demand, self.queries = "ok", 200_000.0, 0
         self.trickle_delay = 1.0
         self.sample_age: float | None = None
         self.series: list[tuple[dict[str, str], float]] | None = None
+        self.ranges = None
         self.seen: list[str] = []
         self.held, self.released = threading.Event(), threading.Event()
         self.holding = 0
@@ -108,6 +111,15 @@ class FakePrometheus:
                 if mode == "http500":
                     self.send_response(500)
                     self.end_headers()
+                    return
+                if fake.ranges is not None and "query_range" in self.path:
+                    matrix = fake.ranges(q, *(float(params[k][0]) for k in ("start", "end", "step")))
+                    body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": matrix}})
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body.encode())
                     return
                 value = {"nan": "NaN", "inf": "+Inf", "negative": "-5"}.get(mode, value_for(q, fake.demand))
                 batched = re.search(r'(\w+)=~"([^"]*)"', q) if " by (" in q else None

@@ -60,7 +60,8 @@ def register(sub) -> None:
     fe.set_defaults(func=cmd_forecast_eval)
 
     bt = sub.add_parser("backtest", help="replay a trace through the fluid model under several scaling policies")
-    _replay_args(bt)
+    _replay_args(bt, trace_required=False)
+    _prometheus_args(bt)
     bt.add_argument("--policies", help="comma-separated (default oracle,static-peak,static-mean,static-best,reactive-ttft,"
                     "llmd-keda,planner,planner-load,pdscaler; also planner-prophet)")
     bt.add_argument("--json", help="write the results as JSON to this file")
@@ -80,9 +81,21 @@ def register(sub) -> None:
     fr.set_defaults(func=cmd_frontier)
 
 
-def _replay_args(bt) -> None:
+def _prometheus_args(bt) -> None:
+    """`backtest --prometheus`: a graph's own history instead of a trace (scaler/testbench/sim/history.py)."""
+    g = bt.add_argument_group("a graph's own history, from Prometheus (instead of --trace)")
+    g.add_argument("--prometheus", metavar="URL", help="read the graph's history from this Prometheus (the queries "
+                   "`pdscaler serve` sends) and replay it; policy as-run is the replicas that ran")
+    g.add_argument("--graph", help="the graph (default: --config's only graph)")
+    g.add_argument("--namespace", help="its Kubernetes namespace (default: the config's, else any)")
+    g.add_argument("--range", default="7d", help="how much history to replay, up to --end (default 7d)")
+    g.add_argument("--step", default="1m", help="resolution of the range queries, a multiple of --dt (default 1m)")
+    g.add_argument("--end", help="end of the range: epoch seconds or ISO 8601 (default: now)")
+
+
+def _replay_args(bt, trace_required: bool = True) -> None:
     """The workload, hardware and cluster options `backtest` and `frontier` share."""
-    bt.add_argument("--trace", required=True, help=TRACE_HELP)
+    bt.add_argument("--trace", required=trace_required, help=TRACE_HELP)
     bt.add_argument("--format", choices=["azure", "mooncake", "rates"], help="trace format (default: detected)")
     bt.add_argument("--series", help="category_model of a rate curve (e.g. language/m-large)")
     bt.add_argument("--rate-scale", type=float, default=1.0, help="multiply the arrival rate (default 1)")
@@ -225,6 +238,14 @@ def _replay_context(args: argparse.Namespace):
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
+    if args.prometheus:
+        from scaler.testbench.sim.history import cmd_backtest_prometheus
+
+        return cmd_backtest_prometheus(args, _report)
+    if not args.trace:
+        print("pdscaler backtest: give --trace (a trace to replay) or --prometheus URL (a graph's own history)",
+              file=sys.stderr)
+        return 2
     from scaler.config import ConfigError
     from scaler.testbench.sim.backtest import progress_wanted, run_backtest
     from scaler.testbench.sim.policies import DEFAULT_POLICIES
