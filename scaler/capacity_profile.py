@@ -17,6 +17,10 @@ YAML file or inline in the config:
         - {context: 1024, tokens_per_s: 15800}
         - {context: 8192, tokens_per_s: 9000}
 
+`profile:` may also name Dynamo's pre-deployment profiler output (its directory, or its
+`prefill_raw_data.json` / `raw_data.npz` files): it is converted at load at the graph's SLOs, by the code
+of `pdscaler profile import` (scaler/dynamo_profile.py).
+
 Curves are interpolated linearly between points and held flat beyond the ends. Without a profile,
 the roles' `prefill.tokens_per_s`, `decode.tokens_per_s` and `decode.kv_tokens` (flat curves; the
 Dynamo SLA-planner profile by default) are used.
@@ -28,6 +32,7 @@ SLOs (the default of the demo and the simulator); the test bench derives it
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +110,20 @@ class ProfileError(Exception):
     """A profile file that cannot be used; the message says where and why."""
 
 
-def load_profile(path: str | Path) -> CapacityProfile:
+def load_profile(path: str | Path, ttft_s: float = 0.5, itl_s: float = 0.03, prefill_gpus: int | None = None,
+                 decode_gpus: int | None = None) -> CapacityProfile:
+    """A profile YAML file, or Dynamo's pre-deployment profiler output (a directory, or one of its .npz /
+    .json files) converted at the SLOs `ttft_s` / `itl_s` with scaler/dynamo_profile.py, the code of
+    `pdscaler profile import` (`*_gpus`: GPUs per replica, default the profiler output's)."""
     path = Path(path)
+    from scaler import dynamo_profile
+
+    if dynamo_profile.looks_like_profiler_output(path):
+        how = "the role's gpus_per_replica"
+        got = dynamo_profile.import_profile(path, ttft_s, itl_s, prefill_gpus, decode_gpus, how, how)
+        for w in got.warnings:
+            logging.getLogger("pdscaler.profile").warning("%s: %s", path, w)
+        return got.profile
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as e:

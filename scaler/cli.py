@@ -486,11 +486,13 @@ def _plug_in(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from scaler.capacity_profile import ProfileError
+
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level)
     try:
         return args.func(args)
-    except UserError as e:
+    except (UserError, ProfileError) as e:  # ProfileError: a graph's capacity profile that cannot be used
         print(f"pdscaler {args.command}: {e}", file=sys.stderr)
         return 2
 

@@ -324,8 +324,11 @@ class GraphConfig(_Model):
 
         if isinstance(self.profile, CapacityProfile):
             return self.profile
-        if isinstance(self.profile, str):
-            return load_profile(self.profile)
+        if isinstance(self.profile, str):  # a Dynamo profiler output is converted at this graph's SLOs
+            from scaler.dynamo_profile import role_gpus
+
+            gpus = role_gpus(self)
+            return load_profile(self.profile, self.slo.ttft_s, self.slo.itl_s, gpus.get("prefill"), gpus.get("decode"))
         pre = next((rc for rc in self.roles.values() if rc.kind == "prefill"), None) or RoleConfig(kind="prefill")
         dec = next((rc for rc in self.roles.values() if rc.kind == "decode"), None) or RoleConfig(kind="decode")
         return flat_profile(pre.prefill.tokens_per_s, dec.decode.tokens_per_s, dec.decode.kv_tokens,
