@@ -8,6 +8,8 @@ of the offending field and the value that was given.
 from __future__ import annotations
 
 import re
+import types
+import typing
 from datetime import time
 from importlib import resources
 from pathlib import Path
@@ -555,17 +557,130 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
+def yaml_error_line(source: str, e: yaml.YAMLError) -> str:
+    """A YAML error as one line naming the file, line and column: `cfg.yaml:3:7: not valid YAML: ...`."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    problem = getattr(e, "problem", None) or str(e).replace("<unicode string>", source)
+    context = getattr(e, "context", None)
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context and context not in problem else "")
+
+
+def _unwrap(tp):
+    """The type under Annotated[...]."""
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _is_model(tp) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _kind_of(model) -> str | None:
+    """The `kind` literal of a member of a tagged union (the source kinds)."""
+    field = model.model_fields.get("kind")
+    args = typing.get_args(field.annotation) if field is not None else ()
+    return args[0] if len(args) == 1 and isinstance(args[0], str) else None
+
+
+def _walk(loc: tuple) -> tuple[list[str], object, list]:
+    """Follow an error's location through ScalerConfig's types: the path as the file spells it (union
+    tags such as `scrape` or `CapacityProfile` left out), the type reached (a model, where it is one),
+    and the other members of the last union passed on the way (the kinds a key might belong to)."""
+    tp, shown, siblings, i = ScalerConfig, [], [], 0
+    while i < len(loc):
+        tp = _unwrap(tp)
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            members = [_unwrap(m) for m in typing.get_args(tp) if m is not type(None)]
+            if len(members) == 1:
+                tp = members[0]
+                continue
+            tag = str(loc[i])
+            chosen = next((m for m in members if _is_model(m) and (_kind_of(m) == tag or m.__name__ == tag)), None)
+            if chosen is None:
+                chosen = next((m for m in members if getattr(m, "__name__", None) == tag), None)
+            if chosen is None:
+                break
+            siblings = [m for m in members if _is_model(m) and m is not chosen]
+            tp, i = chosen, i + 1
+            continue
+        if _is_model(tp):
+            field = tp.model_fields.get(str(loc[i]))
+            if field is None:
+                break
+            shown.append(str(loc[i]))
+            tp, i = field.annotation, i + 1
+        elif origin is dict:
+            shown.append(str(loc[i]))
+            tp, i = typing.get_args(tp)[1], i + 1
+        elif origin is list:
+            shown.append(str(loc[i]))
+            tp, i = typing.get_args(tp)[0], i + 1
+        else:
+            break
+    shown += [str(p) for p in loc[i:]]
+    return shown, _unwrap(tp) if i == len(loc) else None, siblings
+
+
+def _unknown_key(loc: tuple) -> tuple[str, str]:
+    """Where an unknown key is and what to say: the closest known key (difflib), or the kind it is a
+    key of (a prometheus key under kind: scrape), or the keys there are."""
+    import difflib
+
+    shown, model, siblings = _walk(loc[:-1])
+    key = str(loc[-1])
+    where = ".".join([*shown, key])
+    if not _is_model(model):
+        return where, "unknown key"
+    known = list(model.model_fields)
+    for other in siblings:
+        if key in other.model_fields and _kind_of(other) and _kind_of(model):
+            return where, (f"unknown key: {key} is a key of kind {_kind_of(other)}, not of kind {_kind_of(model)} "
+                           f"(delete it, or set kind: {_kind_of(other)}); the keys of kind {_kind_of(model)}: "
+                           f"{', '.join(known)}")
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return where, f"unknown key; did you mean {close[0]!r}?"
+    return where, f"unknown key; the keys here: {', '.join(known)}"
+
+
+def config_error_lines(e: ValidationError) -> list[str]:
+    """Pydantic's errors as lines for a person: the path as the file spells it, the message, and the
+    value given; an unknown key gets the closest known one instead of 'Extra inputs are not permitted'."""
+    lines = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden" and loc:
+            where, msg = _unknown_key(loc)
+            lines.append(f"{where}: {msg}")
+            continue
+        where = ".".join(_walk(loc)[0]) or "(top level)"
+        shown = repr(err.get("input"))
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"{where}: {err['msg']} (given: {shown})")
+    return list(dict.fromkeys(lines))
+
+
 def parse_config(text: str, source: str = "<config>") -> ScalerConfig:
+    """The config in `text`; ConfigError naming `source` (the file), the field's path and the value.
+    One error is one line (`cfg.yaml: invalid config: graphs.x.rolez: unknown key; did you mean
+    'roles'?`); several are listed one a line under it."""
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from e
+        raise ConfigError(yaml_error_line(source, e)) from e
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a YAML mapping, got {type(data).__name__}")
     try:
         return ScalerConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: invalid config\n{format_validation_error(e)}") from e
+        lines = config_error_lines(e)
+        if len(lines) == 1:
+            raise ConfigError(f"{source}: invalid config: {lines[0]}") from e
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(f"  {line}" for line in lines)) from e
 
 
 def example_config_text() -> str:

@@ -30,7 +30,7 @@ def test_durations():
         ("poll_interval: soon\ngraphs: {g: {roles: {p: {kind: prefill}}}}", "poll_interval", "'soon'"),
         ("graphs: {g: {roles: {p: {kind: prefill, min_replicas: 5, max_replicas: 2}}}}", "graphs.g.roles.p", "min_replicas (5) > max_replicas (2)"),
         ("graphs: {G_bad: {roles: {p: {kind: prefill}}}}", "graphs.G_bad", "G_bad"),
-        ("source: {kind: prometheus, metric_names: {ttfb: x}}\ngraphs: {g: {roles: {p: {kind: prefill}}}}", "source.prometheus.metric_names", "ttfb"),
+        ("source: {kind: prometheus, metric_names: {ttfb: x}}\ngraphs: {g: {roles: {p: {kind: prefill}}}}", "source.metric_names", "ttfb"),
         ("graphs: {}", "graphs", "{}"),
     ],
 )
