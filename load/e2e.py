@@ -354,16 +354,48 @@ def load_result(path: Path) -> E2EResult:
     return E2EResult(**data)
 
 
+# The phases of a run, by the files it writes as it goes (the last one present is the phase).
+_PHASES = (("pdscaler.log", "Prometheus and the emulator up, pdscaler serve starting"),
+           ("locust.log", f"locust: the burst load, {DURATION:g} s"),
+           ("pdscaler-b.log", "a second scaler, compared with the first"),
+           ("backtest.log", "reading the run back from Prometheus"))
+
+
+def _progress(workdir: Path):
+    """Print the phase and the time so far every 10 s on stderr until the returned event is set."""
+    import threading
+
+    stop, t0 = threading.Event(), time.monotonic()
+
+    def tick() -> None:
+        while not stop.wait(10.0):
+            phase = next((what for name, what in reversed(_PHASES) if (workdir / name).exists()), "starting")
+            print(f"python -m load.e2e: {time.monotonic() - t0:.0f} s (about 150 s in all): {phase}",
+                  file=sys.stderr, flush=True)
+
+    threading.Thread(target=tick, name="e2e-progress", daemon=True).start()
+    return stop
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m load.e2e", description=__doc__.splitlines()[0])
     p.add_argument("--out", help="directory for logs, configs, Prometheus data and result.json")
     p.add_argument("--plot", help="write the PNG here")
     p.add_argument("--replot", help="only draw the PNG of an earlier run's result.json")
+    p.add_argument("--progress", action="store_true", default=None,
+                   help="a line every 10 s on stderr: the phase and the time so far (default: when stderr is a terminal)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     if args.replot:
         plot(load_result(Path(args.replot)), Path(args.plot or "e2e.png"))
         return 0
-    result = run(Path(args.out) if args.out else None)
+    workdir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pdscaler-e2e-"))
+    stop = _progress(workdir) if (sys.stderr.isatty() if args.progress is None else args.progress) else None
+    try:
+        result = run(workdir)
+    finally:
+        if stop is not None:
+            stop.set()
     if args.out:
         (Path(args.out) / "result.json").write_text(result.to_json())
     if args.plot:

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from scaler.testbench.traces import BUNDLED_TRACES, TraceRequest, bundled_trace, load_rate_curve, load_trace, scale_rate
+from scaler.testbench.traces import TraceRequest, load_rate_curve, load_trace, scale_rate
+from scaler.testbench.traces import resolve_trace as _trace_file
 
 __all__ = [
     "Arrival",
@@ -71,13 +72,9 @@ class Schedule:
 
 
 def resolve_trace(spec: str, fmt: str | None = None) -> list[TraceRequest]:
-    """A trace file path, or a trace bundled with pdscaler (`azure-code`, `azure-conv`)."""
-    if spec in BUNDLED_TRACES:
-        return load_trace(bundled_trace(spec), "azure")
-    path = Path(spec)
-    if not path.exists():
-        raise ValueError(f"trace {spec!r} is neither a file nor a bundled trace ({', '.join(sorted(BUNDLED_TRACES))})")
-    return load_trace(path, fmt or None)
+    """A trace file path, or a trace bundled with pdscaler (`azure-code`, `azure-conv`): the resolution
+    of every pdscaler command (scaler.testbench.traces.resolve_trace)."""
+    return load_trace(_trace_file(spec), fmt or None)
 
 
 class Lengths:
