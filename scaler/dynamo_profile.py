@@ -97,7 +97,7 @@ class Imported:
         p, d = self.profile.prefill, self.profile.decode
         header = (
             f"# Capacity profile imported from Dynamo's pre-deployment profiler output ({path_shown})\n"
-            f"# by `pdscaler profile import` at TTFT {p.ttft_target_s:g} s and ITL {d.itl_target_s:g} s.\n"
+            f"# by `pdscaler profile import` at TTFT {p.ttft_target_s:g} s and ITL {d.itl_target_s * 1000:g} ms.\n"
             + "".join(f"# {n}\n" for n in self.notes)
             + "".join(f"# warning: {w}\n" for w in self.warnings)
         )
@@ -398,15 +398,22 @@ def _flag(args: list[str], names: tuple[str, ...]) -> int | None:
     return None
 
 
+def _get(d: object, *keys: str) -> dict:
+    """d[k1][k2]..., {} where a level is missing or not a mapping (hand-edited configs)."""
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d if isinstance(d, dict) else {}
+
+
 def _planner_gpus(root: Path, role: str) -> tuple[int, str] | None:
     path = root / "config_with_planner.yaml"
     if not path.is_file():
         return None
     flag = f"--{role}-engine-num-gpu"
     for doc in _yaml_docs(path):
-        for svc in ((doc.get("spec") or {}).get("services") or {}).values():
+        for svc in _get(doc, "spec", "services").values():
             if isinstance(svc, dict):
-                n = _flag(_args(((svc.get("extraPodSpec") or {}).get("mainContainer") or {})), (flag,))
+                n = _flag(_args(_get(svc, "extraPodSpec", "mainContainer")), (flag,))
                 if n:
                     return n, f"{flag}={n} in {path.name}"
     return None
@@ -418,17 +425,17 @@ def _engine_config_gpus(root: Path, role: str) -> tuple[int, str] | None:
         return None
     found = []
     for doc in _yaml_docs(path):
-        for name, svc in ((doc.get("spec") or {}).get("services") or {}).items():
+        for name, svc in _get(doc, "spec", "services").items():
             if not isinstance(svc, dict) or svc.get("componentType") in ("frontend", "planner") or name in ("Frontend", "Planner"):
                 continue
-            limits = ((svc.get("resources") or {}).get("limits") or {})
-            nodes = int((svc.get("multinode") or {}).get("nodeCount") or 1)
-            gpu = str(limits.get("gpu", "")).strip()
+            count = str(_get(svc, "multinode").get("nodeCount", 1)).strip()
+            nodes = int(count) if count.isdigit() and int(count) >= 1 else 1
+            gpu = str(_get(svc, "resources", "limits").get("gpu", "")).strip()
             if gpu.isdigit() and int(gpu) >= 1:
                 found.append((int(gpu) * nodes, f"{name}'s resources.limits.gpu {gpu}"
                               + (f" x {nodes} nodes" if nodes > 1 else "") + f" in {path.parent.name}/{path.name}"))
                 continue
-            args = _args(((svc.get("extraPodSpec") or {}).get("mainContainer") or {}))
+            args = _args(_get(svc, "extraPodSpec", "mainContainer"))
             tp = _flag(args, ("--tensor-parallel-size", "--tp", "--tp-size"))
             pp = _flag(args, ("--pipeline-parallel-size", "--pp", "--pp-size"))
             dp = _flag(args, ("--data-parallel-size", "--dp", "--dp-size"))

@@ -259,3 +259,11 @@ def test_backtest_runs_with_a_config_whose_profile_is_the_profiler_output(tmp_pa
     assert rc == 0
     row = next(line for line in out.splitlines() if line.startswith("pdscaler"))
     assert "%" in row
+    # A profile: naming a malformed profiler output: one line, exit 2, before anything is simulated.
+    bad = only(tmp_path, "json")
+    f = _edit_json(bad, "decode_raw_data.json", lambda d: d.pop("z_itl"))
+    cfg.write_text(cfg.read_text().replace(str(SAMPLE), str(bad)))
+    rc, out, err = run(["backtest", "--config", str(cfg), "--trace", "azure-code", "--policies", "pdscaler",
+                        "--no-progress"], capsys)
+    assert rc == 2 and out == "" and err == f"pdscaler backtest: {f}: missing array 'z_itl' " \
+        "(the file has: max_kv_tokens, x_kv_usage, y_context_length, z_thpt_per_gpu)\n"
