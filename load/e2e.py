@@ -61,6 +61,9 @@ class E2EResult:
     # (as soon as B's /healthz says its first answers are ready, as KEDA reaches it through the readiness probe).
     ha: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     prometheus_url: str = ""
+    # `pdscaler backtest --prometheus` over the run, against this Prometheus: its rc, stderr and JSON
+    # report, and the emulator's ready replicas per role over the span it simulated, once a second.
+    backtest: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1)
@@ -225,6 +228,7 @@ async def _run(workdir: Path, dashboard_queries) -> E2EResult:
         for name, expr in SERIES.items():
             rows = prom.range(expr, start - 5, end, 1.0)
             result.series[name] = [(float(t), float(v)) for row in rows[:1] for t, v in row["values"]]
+        result.backtest = await asyncio.to_thread(backtest_from_prometheus, prom, workdir, start - 5)
         for expr in dashboard_queries:
             try:
                 result.queries[expr] = len(prom.query(expr))
@@ -245,6 +249,35 @@ async def _run(workdir: Path, dashboard_queries) -> E2EResult:
         await asyncio.to_thread(scaler.stop)
         prom.stop()
         await emulator.stop()
+
+
+BACKTEST_STEP_S = 5.0  # range-query step of the backtest over the run (5 scrapes per rate window)
+
+
+def backtest_from_prometheus(prom: Prometheus, workdir: Path, since: float) -> dict:
+    """`pdscaler backtest --prometheus` over the run (from `since` to now, on the step grid) with the
+    run's config, and what the emulator exported of its ready replicas over the span it simulated."""
+    import subprocess
+
+    end = (time.time() // BACKTEST_STEP_S) * BACKTEST_STEP_S
+    span = end - -(-since // BACKTEST_STEP_S) * BACKTEST_STEP_S
+    out = workdir / "backtest.json"
+    cmd = [sys.executable, "-m", "scaler", "backtest", "--prometheus", prom.url, "--config", str(workdir / "pdscaler.yaml"),
+           "--graph", GRAPH, "--end", f"{end:.0f}", "--range", f"{span:.0f}s", "--step", f"{BACKTEST_STEP_S:g}s",
+           "--warm-start", f"{STARTUP_S:g}s", "--cold-start", f"{2 * STARTUP_S:g}s",
+           "--policies", "as-run,oracle,static-peak,pdscaler", "--json", str(out), "--plot", str(workdir / "backtest.png"),
+           "--no-progress"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
+    (workdir / "backtest.log").write_text(proc.stdout + proc.stderr)
+    result = {"rc": proc.returncode, "stderr": proc.stderr, "table": proc.stdout, "step_s": BACKTEST_STEP_S}
+    if proc.returncode == 0:
+        report = json.loads(out.read_text())
+        result["report"] = report
+        a, b = report["prometheus"]["sim_start"], report["prometheus"]["sim_end"]
+        for role in ("prefill", "decode"):  # the value at t stands for (t - 1, t]
+            rows = prom.range(f'pdscaler_emulator_replicas{{role="{role}",state="ready"}}', a + 1, b, 1.0)
+            result[f"ready_{role}"] = [(float(t), float(v)) for row in rows[:1] for t, v in row["values"]]
+    return result
 
 
 async def _answers(client, port: int) -> dict[str, float]:
@@ -302,12 +335,12 @@ def run(workdir: Path | None = None, dashboard_queries: list[str] | None = None)
     return asyncio.run(_run(workdir, dashboard_queries))
 
 
-def plot(result: E2EResult, path: Path) -> None:
-    """Demand and its forecast, and the replicas of each role, over the run (burst shaded)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(result: E2EResult, path: Path | None = None):
+    """Demand and its forecast, and the replicas of each role, over the run (burst shaded); written
+    to `path` when given. Returns the matplotlib Figure. Replica axes have integer ticks; each
+    panel's legend is right of it."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     t0 = result.start
 
@@ -315,36 +348,51 @@ def plot(result: E2EResult, path: Path) -> None:
         pts = result.series.get(name, [])
         return [t - t0 + shift for t, _ in pts], [v for _, v in pts]
 
-    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    def legend(ax) -> None:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8, frameon=False)
+
+    fig = Figure(figsize=(11.5, 8), layout="constrained")
+    axes = fig.subplots(3, 1, sharex=True)
+    b0, b1 = result.burst[0] - t0, result.burst[1] - t0
+    for i, ax in enumerate(axes):  # the burst named once, in the first legend
+        ax.axvspan(b0, b1, color="tab:red", alpha=0.08, lw=0,
+                   label=f"locust burst ({BURST_FACTOR:g}x the rate)" if i == 0 else None)
+        ax.grid(alpha=0.3)
     ax = axes[0]
     x, y = xy("demand_prefill")
-    ax.plot(x, [v / 1000 for v in y], color="black", label="prefill tokens/s (Dynamo: counted at first token)")
+    ax.plot(x, [v / 1000 for v in y], color="black", label="prefill tokens/s observed\n(Dynamo counts at first token)")
     x50, y50 = xy("forecast_prefill_p50", 60.0)
     x90, y90 = xy("forecast_prefill_p90", 60.0)
-    ax.plot(x50, [v / 1000 for v in y50], color="tab:blue", label="forecast p50 (made 60 s earlier)")
+    ax.plot(x50, [v / 1000 for v in y50], color="tab:blue", label="forecast p50, made 60 s earlier\n(drawn at the time it predicted)")
     if x90:
         ax.fill_between(x50[:len(y90)], [v / 1000 for v in y50[:len(y90)]], [v / 1000 for v in y90[:len(y50)]],
-                        color="tab:blue", alpha=0.2, label="p50-p90 band")
-    ax.set_ylabel("k tokens/s")
-    ax.set_title("pdscaler end to end: real Prometheus, emulated Dynamo graph, locust burst, KEDA/HPA emulation")
+                        color="tab:blue", alpha=0.2, lw=0, label="forecast p50 to p90")
+    ax.set_ylabel("k tokens / s")
+    ax.set_ylim(bottom=0)
+    ax.set_title("pdscaler end to end: real Prometheus, emulated Dynamo graph, locust burst, KEDA/HPA emulation",
+                 fontsize=11)
+    legend(ax)
     for ax, role in zip(axes[1:], ("prefill", "decode")):
-        for name, style, label in ((f"target_{role}", "-", "target"), (f"ready_{role}", "--", "ready")):
+        top = 1.0
+        for name, style, label in ((f"target_{role}", "-", "target (pdscaler's answer)"),
+                                   (f"ready_{role}", "--", "ready (emulator)")):
             x, y = xy(name)
-            ax.step(x, y, style, where="post", label=f"{role} {label}")
+            top = max([top, *y])
+            ax.step(x, y, style, where="post", lw=1.6 if style == "-" else 1.3, label=f"{role} {label}")
         if role == "decode":
             x, y = xy("target_warm")
-            ax.step(x, y, ":", where="post", label="warm (placeholder) target")
-        ax.set_ylabel("replicas")
+            top = max([top, *y])
+            ax.step(x, y, ":", where="post", lw=1.6, label="warm (GPU placeholder) target")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=2))
+        ax.set_ylim(-0.2, top + 0.5)
+        ax.set_ylabel(f"{role} replicas" if role == "prefill" else "decode, warm replicas")
+        legend(ax)
     axes[-1].set_xlabel("seconds since the load started")
     end = max((t for pts in result.series.values() for t, _ in pts), default=t0) - t0
     axes[-1].set_xlim(-5, end)
-    for ax in axes:
-        ax.axvspan(result.burst[0] - t0, result.burst[1] - t0, color="tab:red", alpha=0.08)
-        ax.legend(loc="upper left", fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    if path is not None:
+        fig.savefig(path, dpi=90)
+    return fig
 
 
 def load_result(path: Path) -> E2EResult:

@@ -86,3 +86,35 @@ def test_a_second_scaler_answers_like_the_first(run):
     assert set(result.ha) == {"prefill", "decode", "warm"}
     for role, pairs in result.ha.items():
         assert len(pairs) >= 5 and all(a == b for a, b in pairs), (role, pairs)
+
+
+def test_backtest_from_prometheus_replays_the_run(run):
+    """`pdscaler backtest --prometheus` over the run, against the Prometheus that recorded it (serve's
+    queries as range queries at a 5 s step): as-run's GPU-hours are the ready replicas Prometheus
+    recorded, integrated over time (each replica change may move the step-wise integral by up to a
+    step, plus a scrape interval either side); the requests replayed are those locust sent; the
+    pdscaler row is there, and the attainment Dynamo's histograms recorded."""
+    result, workdir = run
+    bt = result.backtest
+    assert bt["rc"] == 0, bt["stderr"]
+    report, step = bt["report"], bt["step_s"]
+    runs = report["policies"]
+    assert list(runs) == ["as-run", "oracle", "static-peak", "pdscaler"]
+    span = report["prometheus"]["sim_end"] - report["prometheus"]["sim_start"]
+    seconds = changes = 0.0
+    for role in ("prefill", "decode"):
+        ready = [v for _, v in bt[f"ready_{role}"]]
+        assert len(ready) == span  # one sample a second (the emulator's own gauge)
+        seconds += sum(ready)  # one GPU per replica
+        changes += sum(abs(b - a) for a, b in zip(ready, ready[1:]))
+    assert changes > 0, "the burst changed the replicas"
+    assert runs["as-run"]["replica_gpu_hours"] == pytest.approx(seconds / 3600, abs=changes * (step + 2) / 3600)
+    stats = {(s["method"], s["name"]): s for s in result.locust["stats"]}
+    sent = stats[("POST", "/v1/chat/completions")]["num_requests"]
+    burst_rate = e2e.RATE * e2e.BURST_FACTOR
+    for name, s in runs.items():
+        assert s["requests"] == pytest.approx(sent, abs=burst_rate * step), name
+    assert runs["pdscaler"]["gpu_hours"] > 0 and 0 <= runs["pdscaler"]["ttft_attainment"] <= 1
+    ttft = report["recorded"]["ttft"]
+    assert ttft["observations"] == pytest.approx(sent, abs=burst_rate * step) and 0 <= ttft["attainment"] <= 1
+    assert "as-run" in bt["table"] and (workdir / "backtest.png").stat().st_size > 20_000

@@ -4,7 +4,9 @@ What ran is read back from Prometheus through the queries `pdscaler serve` sends
 templates, metric names, per-signal overrides and label selectors: `PrometheusSource.queries`),
 as range queries whose rate window is the step, so that consecutive windows tile the range:
 
-- demand: `request_rate`, `isl_mean`, `osl_mean` (graph signals), one value per step;
+- demand: `request_rate`, `isl_mean`, `osl_mean`, `inflight_requests` (graph signals), one value per
+  step; the arrivals of a step are its completions (Dynamo counts a request when it ends) plus the rise
+  of the requests in flight over it (`arrivals`), so an overload replays as the demand that caused it;
 - the replicas that ran: `ready_workers` of the graph's prefill and decode roles (the workers that
   report to the router);
 - where Dynamo's TTFT / ITL histograms are in Prometheus, the attainment they recorded over the range
@@ -55,7 +57,7 @@ from scaler.testbench.sim.policies.base import Policy
 from scaler.testbench.sim.workload import Workload
 
 RANGE_POINTS = 10_000  # points per range request (Prometheus' limit is 11,000 per series)
-DEMAND = ("request_rate", "isl_mean", "osl_mean")
+DEMAND = ("request_rate", "isl_mean", "osl_mean", "inflight_requests")
 READY = "ready_workers"
 SERVING = ("prefill", "decode")
 HISTORY_POLICIES = ("as-run", "oracle", "static-peak", "static-best", "reactive-ttft", "llmd-keda", "planner",
@@ -324,6 +326,9 @@ def to_workload(h: History, dt: float = 1.0) -> Replayable:
     r = np.nan_to_num(np.clip(rate[a:b], 0, None))
     if gaps:
         notes.append(f"{gaps} of {b - a} steps without a request_rate sample (taken as no requests)")
+    r, note = arrivals(r, h.series[(None, "inflight_requests")], a, b, h.step)
+    if note:
+        notes.append(note)
     if a > h.history_steps:
         notes.append(f"the graph's series start at {_iso(h.start + a * h.step)}, after the range's start")
     start = max(0, h.history_steps - a)
@@ -356,6 +361,27 @@ def to_workload(h: History, dt: float = 1.0) -> Replayable:
                   (f"{name}: {b - a - start} steps of {h.step:g}s from Prometheus ({h.url}), each held over "
                    f"{m} simulation steps", *notes))
     return Replayable(wl, {k: v[start * m:] for k, v in replicas.items()}, notes)
+
+
+def arrivals(completed: np.ndarray, inflight: np.ndarray, a: int, b: int, step: float) -> tuple[np.ndarray, str]:
+    """Arrivals per second of the steps a..b-1, and a note. Dynamo counts a request in requests_total
+    when it ends, so request_rate is the rate of completions, which an overload holds down to what the
+    graph served; the requests that arrived in a step are those completed plus the rise of the requests
+    in flight (dynamo_frontend_inflight_requests: arrived, not finished) over it. Without that gauge,
+    the completions stand for the arrivals (and the note says so)."""
+    x = inflight[max(0, a - 1):b]
+    if np.isnan(x).all():
+        return completed, ("no inflight_requests in Prometheus: the completions (Dynamo counts a request "
+                           "when it ends) stand for the arrivals, so overloads replay smaller than they were")
+    x = _ffill(x, float(x[~np.isnan(x)][0]))
+    if a == 0:  # the gauge before the first step is not known: no rise in the first step
+        x = np.concatenate([x[:1], x])
+    out = completed + np.diff(x) / step
+    short = float(-out[out < 0].sum() * step)
+    if short > 0.5:
+        return np.clip(out, 0, None), (f"the requests in flight fell faster than requests completed in some steps "
+                                       f"({short:.0f} requests in all): taken as no arrivals there")
+    return np.clip(out, 0, None), ""
 
 
 def _ffill(x: np.ndarray, first: float) -> np.ndarray:
@@ -543,7 +569,8 @@ def _backtest(args, load_config) -> HistoryBacktest:
         raise HistoryError(f"--range ({args.range}) must be at least one --step ({args.step})")
     end = math.floor(parse_time(args.end) / step) * step  # on the step grid, as a dashboard's range
     start = end - math.floor(span / step) * step
-    history_s = parse_duration(args.history) if args.history is not None else 0.0
+    # as for traces: a day of history (the forecasters' warm start) when the range spans two days or more
+    history_s = parse_duration(args.history) if args.history is not None else (86400.0 if span >= 2 * 86400 else 0.0)
     warm, cold = parse_duration(args.warm_start), parse_duration(args.cold_start)
     if cold < warm:
         raise HistoryError(f"--cold-start ({cold:g}s) must be at least --warm-start ({warm:g}s)")
