@@ -470,13 +470,12 @@ class Evaluation:
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
-    def plot(self, path: str, horizon_s: float | None = None, window: int = 432) -> None:
-        """PNG: actual vs the selected model's p50 and p50-p90 band and the best baseline's p50, for
-        the first horizon, over the last `window` scored origins (all of them if fewer)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    def plot(self, path: str | None = None, horizon_s: float | None = None, window: int = 432):
+        """PNG (written to `path` when given; returns the matplotlib Figure): actual vs the selected
+        model's p50 and p50-p90 band and the best baseline's p50, for the first horizon, over the
+        last `window` scored origins (all of them if fewer), each forecast drawn at the time it was
+        made for. The legend is right of the axes."""
+        from matplotlib.figure import Figure
 
         h = self.horizons_s[0] if horizon_s is None else horizon_s
         hi = self.horizons_s.index(h)
@@ -495,31 +494,39 @@ class Evaluation:
         unit, div = ("h", 3600.0) if self.series.span_s > 2 * DAY_S else ("min", 60.0)
         x = tt / div
         lo_i, hi_i = max(0, targets[0] - k), targets[-1] + 1
-        fig, ax = plt.subplots(figsize=(12, 4.5), dpi=110)
-        ax.plot(self.series.t[lo_i:hi_i] / div, self.series.y[lo_i:hi_i], color="black", lw=1.0, label="actual")
+        eff = k * self.series.step_s
+        fig = Figure(figsize=(13, 4.8), dpi=100, layout="constrained")
+        ax = fig.subplots()
+        ax.plot(self.series.t[lo_i:hi_i] / div, self.series.y[lo_i:hi_i], color="black", lw=1.0,
+                label=f"actual ({_fmt_dur(self.series.step_s)} bins)")
         if sel is not None and sel.forecasts is not None:
             f = sel.forecasts[pos, eff_idx]
-            ax.fill_between(x, f[:, q50], f[:, q90], color="tab:blue", alpha=0.25, step=None,
-                            label=f"{sel.spec.name} p50-p90")
-            ax.plot(x, f[:, q50], color="tab:blue", lw=1.2, label=f"{sel.spec.name} p50"
-                    + (f" (chose {', '.join(sorted(sel.chosen))})" if sel.chosen else ""))
+            ax.fill_between(x, f[:, q50], f[:, q90], color="tab:blue", alpha=0.2, lw=0,
+                            label=f"{sel.spec.name}: p50 to p90 band")
+            ax.plot(x, f[:, q50], color="tab:blue", lw=1.4, label=f"{sel.spec.name} p50 (the selected model"
+                    + (f"; chose {', '.join(sorted(sel.chosen))})" if sel.chosen else ")"))
             ax.plot(x, f[:, q90], color="tab:blue", lw=0.8, ls=":", label=f"{sel.spec.name} p90")
         if base is not None and base.forecasts is not None:
             ax.plot(x, base.forecasts[pos, eff_idx, q50], color="tab:red", lw=1.0, ls="--",
-                    label=f"{base.spec.name} p50 (best baseline)")
+                    label=f"{base.spec.name} p50\n(the best baseline at {_fmt_dur(h)})")
         if self.subsampled:
-            ax.plot([], [], " ", label=f"{len(self.origins)} of {self.n_available} origins (subsampled)")
-        eff = k * self.series.step_s
-        ax.set_title(f"{self.series.name} {self.signal}: forecasts {_fmt_dur(eff)} ahead"
+            ax.plot([], [], " ", label=f"{len(self.origins)} of {self.n_available} origins scored\n(subsampled)")
+        ax.set_title(f"{self.series.name}, {SIGNAL_LABELS.get(self.signal, self.signal)}: each forecast made "
+                     f"{_fmt_dur(eff)} ahead, drawn at the time it predicted"
                      + ("" if math.isclose(eff, h) else f" (requested {_fmt_dur(h)})")
-                     + f", plotted at their target time, last {len(targets)} origins")
-        ax.set_xlabel(f"time ({unit})")
-        ax.set_ylabel(self.signal)
-        ax.legend(loc="upper left", fontsize=8, ncol=2)
+                     + f"; the last {len(targets)} origins", fontsize=11)
+        ax.set_xlabel(f"time since the trace started ({unit})")
+        ax.set_ylabel(SIGNAL_LABELS.get(self.signal, self.signal))
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8, frameon=False)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-        plt.close(fig)
+        if path is not None:
+            fig.savefig(path, format="png")
+        return fig
+
+
+SIGNAL_LABELS = {"request_rate": "requests / s", "prefill_tokens_per_s": "prefill tokens / s",
+                 "decode_tokens_per_s": "decode tokens / s"}
 
 
 def _json_clean(v: Any) -> Any:

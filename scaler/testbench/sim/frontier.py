@@ -266,47 +266,71 @@ class Frontier:
             lines.append(fmt(h["oracle"], "oracle"))
         return "\n".join(lines)
 
-    def plot(self, path: str) -> None:
-        import matplotlib
+    def plot(self, path: str | None = None):
+        """The PNG of `--plot` (written to `path` when given); returns the matplotlib Figure: each
+        policy's settings as GPU-hours against min(TTFT, ITL) attainment, its Pareto front joined by a
+        line, the other settings faint, the target dashed; below, the same zoomed to the target. The
+        legend is right of the axes."""
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import PercentFormatter
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(2, 1, figsize=(11, 9))
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig = Figure(figsize=(12, 9.5), layout="constrained")
+        axes = fig.subplots(2, 1)
+        colors = [f"tab:{x}" for x in ("blue", "orange", "green", "purple", "brown", "pink", "gray", "olive", "cyan")]
         groups = self.by_policy()
+        handles: list = []
+        lo = max(0.0, min(self.target - 0.06, max((p.attainment for p in self.points), default=1.0) - 0.02))
         for ax, zoom in ((axes[0], False), (axes[1], True)):
-            for k, (name, pts) in enumerate(groups.items()):
-                c = colors[k % len(colors)]
+            k = 0
+            for name, pts in groups.items():
                 pts = sorted(pts, key=lambda p: p.gpu_hours)
+                if name == "oracle":
+                    c, label = "black", "oracle (knows the future)"
+                elif name == "pdscaler":
+                    c, label = "tab:red", None
+                else:
+                    c, label = colors[k % len(colors)], None
+                    k += 1
                 front = [p for p in pts if p.pareto]
                 if name == "oracle" or len(pts) == 1:
                     star = name == "oracle"
-                    ax.plot([p.gpu_hours for p in pts], [p.attainment for p in pts], marker="*" if star else "D",
-                            ms=12 if star else 7, ls="none", color=c, label=name)
-                    continue
-                ax.plot([p.gpu_hours for p in front], [p.attainment for p in front], marker="o", ms=5, lw=1.5,
-                        color=c, label=f"{name} (front)")
-                rest = [p for p in pts if not p.pareto]
-                if rest:
-                    ax.plot([p.gpu_hours for p in rest], [p.attainment for p in rest], marker="o", ms=4, ls="none",
-                            color=c, alpha=0.35)
-            ax.axhline(self.target, color="red", ls="--", lw=1, label=f"{self.target:.0%} target")
-            ax.set_xlabel("GPU-hours (every provisioned GPU)")
+                    line, = ax.plot([p.gpu_hours for p in pts], [100 * p.attainment for p in pts],
+                                    marker="*" if star else "D", ms=15 if star else 8, ls="none", color=c,
+                                    mfc="none" if star else c, mew=1.3 if star else 0.8,
+                                    zorder=6 if star else 4, label=label or name)  # hollow: a point under it shows
+                else:
+                    line, = ax.plot([p.gpu_hours for p in front], [100 * p.attainment for p in front], marker="o",
+                                    ms=5, lw=2.2 if name == "pdscaler" else 1.4, color=c, zorder=5 if name == "pdscaler" else 3,
+                                    label=f"{name}: Pareto front ({len(front)} of {len(pts)} settings)")
+                    rest = [p for p in pts if not p.pareto]
+                    if rest:
+                        ax.plot([p.gpu_hours for p in rest], [100 * p.attainment for p in rest], marker="o", ms=4,
+                                ls="none", color=c, alpha=0.3, zorder=2)
+                if not zoom:
+                    handles.append(line)
+            tline = ax.axhline(100 * self.target, color="red", ls="--", lw=1, label=f"{self.target:.0%} target")
+            ax.set_xlabel("GPU-hours (every provisioned GPU, billed while a node is up)")
             ax.set_ylabel("min(TTFT, ITL) attainment")
+            ax.yaxis.set_major_formatter(PercentFormatter(decimals=0 if not zoom else 1))
             ax.grid(alpha=0.3)
             if zoom:
-                lo = max(0.0, self.target - 0.06)
-                ax.set_ylim(lo, 1.002)
-                ax.set_title(f"zoom: attainment >= {lo:.0%}", fontsize=10)
+                ax.set_ylim(100 * lo, 100.2)
+                ax.set_title(f"zoom: attainment from {lo:.0%} (points below are off this panel)", fontsize=10)
+            else:
+                handles.append(tline)
+        handles.append(Line2D([], [], marker="o", ms=4, ls="none", color="0.4", alpha=0.3,
+                              label="faint: a setting off its policy's front\n(a cheaper one does as well)"))
         name, wl = Path(self.trace).name, self.ctx.workload.name
         label = name if wl in (name, Path(self.trace).stem) else f"{name} ({wl})"
-        axes[0].set_title(f"{label}: attainment vs GPU-hours, each policy over its knob", fontsize=11)
-        axes[0].set_ylim(-0.02, 1.02)
-        axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, borderaxespad=0)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend sits outside the axes
-        plt.close(fig)
+        axes[0].set_title(f"{label}: attainment vs GPU-hours, each policy over its knob (table: every setting)",
+                          fontsize=11)
+        axes[0].set_ylim(-2, 102)
+        axes[0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9,
+                       borderaxespad=0, frameon=False)
+        if path is not None:
+            fig.savefig(path, dpi=100)
+        return fig
 
 
 def run_frontier(trace: str, ctx: SimContext, policies: tuple[str, ...] | list[str] = FRONTIER_POLICIES,
