@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from scaler.validation import format_validation_error
+from scaler.validation import format_validation_error, yaml_error_line
 
 
 class _Model(BaseModel):
@@ -129,7 +129,7 @@ def load_profile(path: str | Path, ttft_s: float = 0.5, itl_s: float = 0.03, pre
     except OSError as e:
         raise ProfileError(f"cannot read capacity profile {path}: {e.strerror}") from e
     except yaml.YAMLError as e:
-        raise ProfileError(f"{path}: not valid YAML: {e}") from e
+        raise ProfileError(yaml_error_line(str(path), e)) from e
     try:
         return CapacityProfile.model_validate(data)
     except ValidationError as e:

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from scaler.capacity_profile import CapacityProfile
-from scaler.validation import format_validation_error
+from scaler.validation import yaml_error_line
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -555,15 +555,6 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-
-def yaml_error_line(source: str, e: yaml.YAMLError) -> str:
-    """A YAML error as one line naming the file, line and column: `cfg.yaml:3:7: not valid YAML: ...`."""
-    mark = getattr(e, "problem_mark", None)
-    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
-    problem = getattr(e, "problem", None) or str(e).replace("<unicode string>", source)
-    context = getattr(e, "context", None)
-    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context and context not in problem else "")
 
 
 def _unwrap(tp):

@@ -154,6 +154,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from scaler.testbench.demo import DemoOptions, run_demo
 
     trace_path(args.trace)  # a file or a bundled name, else one line now
+    if args.duration is not None and not args.duration > 0:
+        raise UserError(f"--duration must be more than 0 seconds, not {args.duration:g}")
+    if not args.speedup > 0 or not args.rate_scale >= 0 or not args.start >= 0:
+        raise UserError("--speedup must be more than 0, --rate-scale and --start 0 or more")
     check_port_free("127.0.0.1", args.grpc_port, "the scaler's gRPC", "--grpc-port")
     try:
         return run_demo(

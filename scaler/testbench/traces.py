@@ -263,7 +263,7 @@ def load_rate_curve(
     available = ", ".join(sorted(by_series))
     if series is None:
         if len(by_series) > 1:
-            raise TraceError(f"{path}: several series, pick one with series=...: {available}")
+            raise TraceError(f"{path}: several series: pick one with --series: {available}")
         series = next(iter(by_series))
     if series not in by_series:
         raise TraceError(f"{path}: no series {series!r}; available: {available}")
