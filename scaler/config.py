@@ -22,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -462,6 +463,54 @@ class KubernetesConfig(_Model):
                                  description="API version of DynamoGraphDeployments")
 
 
+class MetricsConfig(_Model):
+    """What `/metrics` exports per graph (scaler/metrics.py)."""
+
+    detail: Literal["dashboard", "full"] = Field(
+        "dashboard", description="dashboard: per graph only the series the bundled dashboards query (the "
+        "observed and forecast prefill/decode token rates at p50/p90, the replica-count figures; about 40 series "
+        "per graph); full: every observed input, decision figure, forecast series and quantile (about 60)"
+    )
+
+
+class ShardingConfig(_Model):
+    """Split a fleet over replicas: this one decides and answers only the graphs whose stable hash of
+    namespace/graph falls on its `index` (of `shards`); the others' ScaledObjects point at their shard's
+    Service, and a request for them here is NOT_FOUND naming the shard that serves it."""
+
+    shards: int = Field(1, ge=1, description="how many shards the graphs are split over")
+    index: int = Field(None, ge=0, validate_default=True, description="this replica's shard, 0 .. shards-1; unset or null: from the environment "
+                       "variable PDSCALER_SHARD_INDEX (one ConfigMap for every shard, each Deployment sets its own)")
+
+    @field_validator("index", mode="before")
+    @classmethod
+    def _index_from_environment(cls, value):
+        if value is not None:
+            return value
+        import os
+
+        env = os.environ.get("PDSCALER_SHARD_INDEX")
+        if env is None:
+            raise ValueError("sharding.index is null and PDSCALER_SHARD_INDEX is not set in the environment")
+        if not env.strip().isdigit():
+            raise ValueError(f"PDSCALER_SHARD_INDEX={env!r} is not a shard number (0, 1, ...)")
+        return int(env)
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> "ShardingConfig":
+        if self.index >= self.shards:
+            raise ValueError(f"sharding.index {self.index} is not below sharding.shards {self.shards}")
+        return self
+
+    def shard_of(self, graph: str, namespace: str | None = None) -> int:
+        """The shard of a graph: sha256 of "namespace/graph" (namespace "" when unset), modulo shards.
+        The same on every replica, Python version and run; adding or removing a graph moves no other."""
+        import hashlib
+
+        key = f"{namespace or ''}/{graph}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % self.shards
+
+
 class ScalerConfig(_Model):
     """The whole configuration of one pdscaler process."""
 
@@ -489,7 +538,11 @@ class ScalerConfig(_Model):
         "poll's value, at least one replica's worth) is taken as the last poll's value until the next poll "
         "confirms it (scaler/policy/outlier.py); null = off"
     )
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    sharding: ShardingConfig | None = Field(
+        None, description="this replica's share of the graphs (null: all of them); see ShardingConfig")
     graphs: dict[Name, GraphConfig]
+    _other_shards: dict[str, int] = PrivateAttr(default_factory=dict)  # graph -> its shard (sharding)
 
     @field_validator("graphs")
     @classmethod
@@ -513,6 +566,26 @@ class ScalerConfig(_Model):
             if unknown:
                 raise ValueError(f"source.targets names unknown graphs {unknown}; graphs are {sorted(self.graphs)}")
         return self
+
+    @model_validator(mode="after")
+    def _own_shard(self) -> "ScalerConfig":
+        """With `sharding`, `graphs` keeps this shard's graphs only (the engine, the answers, /explain and
+        /metrics see no other); `shard_of_other` says where each other graph is served."""
+        sh = self.sharding
+        if sh is None or sh.shards == 1:
+            return self
+        shard = {g: sh.shard_of(g, gc.namespace) for g, gc in self.graphs.items()}
+        owned = {g: gc for g, gc in self.graphs.items() if shard[g] == sh.index}
+        if not owned:
+            raise ValueError(f"sharding: shard {sh.index} of {sh.shards} owns none of the {len(self.graphs)} "
+                             f"configured graphs; use fewer shards")
+        self.__dict__["graphs"] = owned  # frozen model: set once, here, before anyone reads it
+        self._other_shards = {g: i for g, i in shard.items() if i != sh.index}
+        return self
+
+    def shard_of_other(self, graph: str) -> int | None:
+        """The shard serving a configured graph that this shard does not (None: not configured elsewhere)."""
+        return self._other_shards.get(graph)
 
 
 class UnknownGraph(KeyError):
