@@ -346,7 +346,9 @@ def write_config(path: Path, graphs: int, prom_url: str, forecast: bool, poll_in
 
 _SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)')
 _WANTED = ("pdscaler_decision_timestamp_seconds", "pdscaler_poll_duration_seconds", "pdscaler_decide_duration_seconds",
-           "pdscaler_source_collect_duration_seconds", "pdscaler_polls_total", "pdscaler_source_errors_total")
+           "pdscaler_source_collect_duration_seconds", "pdscaler_polls_total", "pdscaler_source_errors_total",
+           "pdscaler_stage_seconds_sum", "pdscaler_stage_seconds_count", "pdscaler_stage_cpu_seconds_total")
+STAGES = ("collect", "observe", "forecast", "decide", "publish", "send")  # scaler/metrics.py's
 
 
 def scrape(url: str) -> tuple[dict, float, int]:
@@ -502,6 +504,7 @@ def freshness(mon: Monitor, t0: float, t1: float, graphs: list[str], interval: f
 
     gap = percentiles(gaps)
     return {
+        "stages": stage_figures(scr),
         "graphs_seen": len(seen), "graphs": len(graphs), "scrapes": len(scr),
         "graphs_refreshed_within_interval": ok,
         "refresh_interval_s": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in gap.items()},
@@ -512,6 +515,45 @@ def freshness(mon: Monitor, t0: float, t1: float, graphs: list[str], interval: f
         "metrics_scrape_s_max": round(max((s["took"] for s in scr), default=0.0), 3),
         "metrics_scrape_bytes": scr[-1]["bytes"] if scr else None,
     }
+
+
+def stage_figures(scr: list[dict]) -> dict:
+    """Per decision-loop stage, between the first and last scrape: polls (sends), wall and CPU seconds
+    per poll, the stage's CPU as % of one core, and its share of the loop's CPU (all stages)."""
+    if len(scr) < 2:
+        return {}
+    a, b = scr[0]["series"], scr[-1]["series"]
+    dt = scr[-1]["t"] - scr[0]["t"]
+
+    def delta(name: str, stage: str) -> float:
+        key = f'{{stage="{stage}"}}'
+        return b.get(name, {}).get(key, 0.0) - a.get(name, {}).get(key, 0.0)
+
+    cpu = {st: delta("pdscaler_stage_cpu_seconds_total", st) for st in STAGES}
+    total = sum(cpu.values())
+    out = {}
+    for st in STAGES:
+        n = delta("pdscaler_stage_seconds_count", st)
+        out[st] = {"n": int(n), "wall_s_per": round(delta("pdscaler_stage_seconds_sum", st) / n, 4) if n else None,
+                   "cpu_s_per": round(cpu[st] / n, 4) if n else None,
+                   "cpu_pct_of_core": round(100 * cpu[st] / dt, 2) if dt > 0 else None,
+                   "share_of_loop_cpu_pct": round(100 * cpu[st] / total, 1) if total > 0 else None}
+    out["loop_cpu_pct_of_core"] = round(100 * total / dt, 2) if dt > 0 else None
+    return out
+
+
+def stage_table(results: list[dict]) -> str:
+    """The decision loop's CPU per stage, per scenario (over the whole run)."""
+    head = "| scenario | " + " | ".join(f"{st} CPU s/poll (share)" for st in STAGES) + " | loop CPU % of a core |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        st = r.get("freshness_whole_run", {}).get("stages", {})
+        if not st:
+            continue
+        cells = [f"{st[k]['cpu_s_per']} ({st[k]['share_of_loop_cpu_pct']} %)" if st[k]["n"] else "-" for k in STAGES]
+        lines.append(f"| {r['scenario']} ({r['graphs']} graphs) | " + " | ".join(cells)
+                     + f" | {st.get('loop_cpu_pct_of_core')} |")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -702,6 +744,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     print(table(results))
+    print()
+    print(stage_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -67,6 +67,8 @@ class DecisionLoop:
         self.ready = threading.Event()
         self.ready_reason = ""
         self._jumped = 0.0  # the wall clock's offset last logged
+        self._forecast_s = [0.0, 0.0]  # wall, CPU seconds in the engine's forecasts (stage "forecast")
+        self._time_forecasts(engine)
         # Answer from the first moment: the floor for every graph, with the reason "no observation yet".
         self.store.publish(engine.decide_all(self.time.now()))
         if cluster is not None and hasattr(cluster, "subscribe"):
@@ -88,6 +90,7 @@ class DecisionLoop:
                     latest = old.latest(g)
                     if latest is not None:
                         engine.observe(latest)
+            self._time_forecasts(engine)
             self.engine, self.source = engine, source
             self.interval = engine.config.poll_interval
             self._pending_warm = list(engine.graphs) if self.can_warm_start() else []
@@ -96,6 +99,21 @@ class DecisionLoop:
                 old_source.close()
             except Exception:
                 pass
+
+    def _time_forecasts(self, engine: Engine) -> None:
+        """Count the time the engine's decisions spend forecasting (its `forecast`, which every decide
+        calls once per graph), so that a poll's "forecast" stage is told apart from the rest of "decide"."""
+        inner, spent = engine.forecast, self._forecast_s
+
+        def forecast(*args, **kwargs):
+            w0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - w0
+                spent[1] += time.thread_time() - c0
+
+        engine.forecast = forecast  # type: ignore[method-assign]
 
     def on_cluster_reading(self, graph: str, reading) -> None:
         """The ClusterWatcher read `graph` (its thread): adopt its replicas now, without waiting for the
@@ -151,7 +169,7 @@ class DecisionLoop:
             for g, reading in readings.items():
                 self._adopt(g, reading, started)
             source, wall = self.source, self.time.wall()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         m = self.metrics
         try:  # outside the lock: a stalled source delays neither adoption nor a reload
             observations = source.collect(wall)
@@ -163,12 +181,15 @@ class DecisionLoop:
             if m is not None:
                 m.source_errors.labels(type(e).__name__).inc()
         t1 = time.perf_counter()
+        stages = {"collect": (t1 - t0, time.thread_time() - c0)}
         with self._lock:
-            return self._decide_tick(observations, started, wall, t0, t1)
+            return self._decide_tick(observations, started, wall, t0, t1, stages)
 
     def _decide_tick(self, observations: list[Observation], started: float, wall: float, t0: float,
-                     t1: float) -> dict[str, Decision]:
+                     t1: float, stages: dict[str, tuple[float, float]] | None = None) -> dict[str, Decision]:
         m = self.metrics
+        stages = {} if stages is None else stages
+        c1 = time.thread_time()
         now = max(self.time.now(), started)
         self._check_wall_clock(started, wall)
         readings = self.cluster.snapshot() if self.cluster is not None else {}
@@ -180,9 +201,14 @@ class DecisionLoop:
             # Asked at wall time `wall`; on the timeline, it was seen at `started` (never in the future).
             obs = replace(obs, at=min(started, obs.at - (wall - started)))
             self._observe(with_replicas(obs, readings.get(obs.graph), now, self.engine.config.stale_after))
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.thread_time()
+        stages["observe"] = (t2 - t1, c2 - c1)
+        fc0 = list(self._forecast_s)
         decisions = self._decide_all(now)
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.thread_time()
+        fc = (self._forecast_s[0] - fc0[0], self._forecast_s[1] - fc0[1])
+        stages["forecast"] = fc
+        stages["decide"] = (max(0.0, t3 - t2 - fc[0]), max(0.0, c3 - c2 - fc[1]))
         self._warm_polled = self._warm_polled or not self._pending_warm
         for g, d in decisions.items():
             self._settled |= {(g, r) for r, rd in d.roles.items() if rd.reason.rule not in HELD}
@@ -203,10 +229,14 @@ class DecisionLoop:
         self.polled = True
         # before the publish, so that what it sends says so:
         self._mark_ready("every role adopted from the cluster or decided on data after the warm starts")
+        t4, c4 = time.perf_counter(), time.thread_time()
         self.store.publish(decisions)
+        stages["publish"] = (time.perf_counter() - t4, time.thread_time() - c4)
         for d in changed.values():
             log.info("decision %s", _one_line(d))
         if m is not None:
+            for stage, (wall_s, cpu_s) in stages.items():
+                m.observe_stage(stage, wall_s, cpu_s)
             m.source_up.set(0 if self.last_error else 1)
             m.collect_seconds.observe(t1 - t0)
             m.decide_seconds.observe(t3 - t2)

@@ -122,6 +122,13 @@ def resolve(config: ScalerConfig, ref: pb.ScaledObjectRef) -> Target:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, problem + allowed) from None
     namespace = md.namespace or ref.namespace
     graph = config.graphs.get(md.graph)
+    if graph is None and config.sharding is not None and config.shard_of_other(md.graph) is not None:
+        sh = config.sharding
+        raise RequestError(
+            grpc.StatusCode.NOT_FOUND,
+            f"graph {_show(md.graph)} is served by shard {config.shard_of_other(md.graph)} of {sh.shards}, not by "
+            f"this one (shard {sh.index}): point its ScaledObject's scalerAddress at that shard's Service",
+        )
     if graph is None:
         raise RequestError(
             grpc.StatusCode.NOT_FOUND,
@@ -160,10 +167,27 @@ def _names(names: list[str], limit: int = 20) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+RESOLVED_CACHE = 8192  # ScaledObjectRefs whose Target is remembered (KEDA asks the same ones every poll)
+
+
 class ExternalScaler(pb_grpc.ExternalScalerServicer):
     def __init__(self, config: ScalerConfig, store: DecisionStore) -> None:
         self._config, self.store = config, store
         self._streams: set = set()  # the open StreamIsActive's wake-ups, called on a config swap
+        # (namespace, trigger metadata) -> Target, for this config: a poll's three calls (and every later
+        # poll) validate a ScaledObjectRef once. Errors are not cached; cleared on a config swap and when full.
+        self._resolved: dict[tuple, Target] = {}
+
+    def resolve(self, ref: pb.ScaledObjectRef) -> Target:
+        """resolve(self.config, ref), remembered per distinct ref."""
+        key = (ref.namespace, *sorted(ref.scalerMetadata.items()))
+        t = self._resolved.get(key)
+        if t is None:
+            t = resolve(self._config, ref)  # raises RequestError: nothing remembered
+            if len(self._resolved) >= RESOLVED_CACHE:
+                self._resolved = {}
+            self._resolved[key] = t
+        return t
 
     @property
     def config(self) -> ScalerConfig:
@@ -175,6 +199,7 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
         the configured graphs' decisions from now on (a removed graph is answered, explained and
         exported no more), and the open streams check at once that their graph and role still are."""
         self._config = config
+        self._resolved = {}
         self.store.retain(config.graphs)
         for wake in list(self._streams):
             wake()
@@ -261,7 +286,7 @@ def _gone(config: ScalerConfig, ref: pb.ScaledObjectRef, t: Target) -> RequestEr
 
 async def _resolve_or_abort(svc: ExternalScaler, ref, context) -> Target:
     try:
-        return resolve(svc.config, ref)
+        return svc.resolve(ref)
     except RequestError as e:
         await context.abort(e.code, e.message)
         raise  # unreachable: abort raises

@@ -55,3 +55,10 @@ def test_bench_scaler_tiny_run(tmp_path):
         assert {"graphs_refreshed_within_interval", "refresh_interval_s", "poll", "decide", "collect"} <= set(fr)
     whole = main["freshness_whole_run"]
     assert whole["graphs_seen"] == 5 and whole["poll"]["polls"] >= 1
+    stages = whole["stages"]  # the decision loop's stages, from the decision process's counters
+    for stage in ("collect", "observe", "forecast", "decide", "publish", "send"):
+        assert stages[stage]["n"] >= 1, stage
+    assert stages["forecast"]["cpu_s_per"] > 0 and stages["send"]["cpu_s_per"] > 0
+    assert abs(sum(stages[st]["share_of_loop_cpu_pct"] for st in ("collect", "observe", "forecast", "decide",
+                                                                  "publish", "send")) - 100) < 1
+    assert "| main (5 graphs) | " in log.split("loop CPU % of a core |", 1)[1]

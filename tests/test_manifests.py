@@ -38,6 +38,9 @@ pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize
 
 OVERLAYS = ["base", "overlays/dynamo-disagg", "overlays/tls"]
 DYNAMO_OVERLAYS = ["overlays/dynamo-disagg", "overlays/tls"]
+# Fleet scale: two shards, each its own Deployment and Service (its objects are named pdscaler-shard-N,
+# so the single-Deployment checks above do not apply; the sharded tests below check them against the base).
+SHARDED = "overlays/sharded"
 
 # Kubernetes versions the built-in kinds must validate against: the oldest with the HPA's
 # configurable tolerance (1.33) and the newest kubernetes-validate knows.
@@ -102,7 +105,7 @@ def kustomize(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def built() -> dict[str, list[dict]]:
-    return {name: kustomize(MANIFESTS / name) for name in OVERLAYS}
+    return {name: kustomize(MANIFESTS / name) for name in OVERLAYS + [SHARDED]}
 
 
 def of_kind(docs: list[dict], kind: str) -> list[dict]:
@@ -234,7 +237,7 @@ def scaledobject_problems(validator: jsonschema.Draft7Validator, so: dict) -> li
 # --- build and schema validation ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", OVERLAYS)
+@pytest.mark.parametrize("name", OVERLAYS + [SHARDED])
 def test_kustomize_builds(built, name):
     docs = built[name]
     assert docs
@@ -255,7 +258,7 @@ def test_keda_crd_is_not_deployed():
         assert "crds" not in kustomization.read_text()
 
 
-@pytest.mark.parametrize("name", OVERLAYS)
+@pytest.mark.parametrize("name", OVERLAYS + [SHARDED])
 def test_builtin_kinds_validate_strictly(built, name):
     import kubernetes_validate
 
@@ -272,7 +275,7 @@ def test_builtin_kinds_validate_strictly(built, name):
                             f"at {'.'.join(map(str, e.path))}")
 
 
-@pytest.mark.parametrize("name", OVERLAYS)
+@pytest.mark.parametrize("name", OVERLAYS + [SHARDED])
 def test_scaledobjects_match_keda_crd(built, name, scaledobject_validator):
     for so in of_kind(built[name], "ScaledObject"):
         assert so["apiVersion"] == "keda.sh/v1alpha1"
@@ -831,3 +834,92 @@ def test_tls_client_name_is_kedas_certificate(built):
     assert set(names) <= client_names and names == (client["spec"]["commonName"],) == DEFAULT_CLIENT_NAMES
     # The server's own certificate is not a client name (it could not pass as KEDA).
     assert not set(names) & {server["spec"]["commonName"], *server["spec"]["dnsNames"]}
+
+
+# --- the sharded overlay --------------------------------------------------------------------------
+
+SHARD_LABEL = "pdscaler.io/shard"
+
+
+def _without_shard(deployment: dict) -> dict:
+    """A shard's Deployment with what makes it that shard taken out: its name, the shard label (object,
+    selector, pod template), PDSCALER_SHARD_INDEX and the config's hashed ConfigMap name."""
+    d = copy.deepcopy(deployment)
+    d["metadata"]["name"] = "pdscaler"
+    for labels in (d["metadata"]["labels"], d["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"]):
+        labels.pop(SHARD_LABEL)
+    (container,) = d["spec"]["template"]["spec"]["containers"]
+    container["env"] = [e for e in container["env"] if e["name"] != "PDSCALER_SHARD_INDEX"]
+    for source in d["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]:
+        source["configMap"]["name"] = "pdscaler-config"
+    return d
+
+
+def _shard_objects(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["labels"][SHARD_LABEL]: d for d in of_kind(docs, kind)}
+
+
+def test_sharded_deployments_are_the_base_but_for_their_shard(built):
+    docs = built[SHARDED]
+    base = copy.deepcopy(scaler_deployment(built["base"]))
+    for source in base["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]:
+        source["configMap"]["name"] = "pdscaler-config"
+    deployments = _shard_objects(docs, "Deployment")
+    assert set(deployments) == {"0", "1"}
+    maps = [d["metadata"]["name"] for d in of_kind(docs, "ConfigMap")]
+    assert len(maps) == 1  # one config for every shard
+    for index, d in deployments.items():
+        assert d["metadata"]["name"] == f"pdscaler-shard-{index}"
+        assert d["spec"]["selector"]["matchLabels"][SHARD_LABEL] == index
+        (container,) = d["spec"]["template"]["spec"]["containers"]
+        assert {"name": "PDSCALER_SHARD_INDEX", "value": index} in container["env"]
+        assert d["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"][0]["configMap"]["name"] == maps[0]
+        assert _without_shard(d) == base, index
+
+
+def test_sharded_services_and_pdbs_select_their_shard_only(built):
+    docs = built[SHARDED]
+    pods = {i: d["spec"]["template"]["metadata"]["labels"] for i, d in _shard_objects(docs, "Deployment").items()}
+    base_ports = one(built["base"], "Service", "pdscaler", "pdscaler")["spec"]["ports"]
+    services, pdbs = _shard_objects(docs, "Service"), _shard_objects(docs, "PodDisruptionBudget")
+    assert set(services) == set(pdbs) == {"0", "1"}
+    for index in ("0", "1"):
+        other = "1" if index == "0" else "0"
+        svc, pdb = services[index], pdbs[index]
+        assert svc["metadata"]["name"] == pdb["metadata"]["name"] == f"pdscaler-shard-{index}"
+        assert selects({"matchLabels": svc["spec"]["selector"]}, pods[index])
+        assert not selects({"matchLabels": svc["spec"]["selector"]}, pods[other])
+        assert selects(pdb["spec"]["selector"], pods[index]) and not selects(pdb["spec"]["selector"], pods[other])
+        assert svc["spec"]["ports"] == base_ports
+        sm = one(docs, "ServiceMonitor", "pdscaler", "pdscaler")  # one ServiceMonitor scrapes every shard
+        assert selects(sm["spec"]["selector"], svc["metadata"]["labels"])
+    (np_,) = of_kind(docs, "NetworkPolicy")
+    assert all(selects(np_["spec"]["podSelector"], labels) for labels in pods.values())
+
+
+def test_sharded_scaledobjects_point_at_the_shard_that_owns_their_graph(built, monkeypatch):
+    """Each shard's config (the one ConfigMap, with its Deployment's PDSCALER_SHARD_INDEX) owns a
+    share of the graphs; every ScaledObject's scalerAddress is the Service of the shard owning its
+    graph, and every role of every graph has one."""
+    docs = built[SHARDED]
+    owned = {}
+    for index in ("0", "1"):
+        monkeypatch.setenv("PDSCALER_SHARD_INDEX", index)
+        config = overlay_config(docs)
+        assert config.sharding.shards == 2 and config.sharding.index == int(index)
+        owned[index] = config
+    assert owned["0"].graphs and owned["1"].graphs and not set(owned["0"].graphs) & set(owned["1"].graphs)
+    seen = set()
+    for so in of_kind(docs, "ScaledObject"):
+        (trigger,) = so["spec"]["triggers"]
+        md = trigger["metadata"]
+        (index,) = [i for i, c in owned.items() if md["graph"] in c.graphs]
+        assert md["scalerAddress"] == f"pdscaler-shard-{index}.pdscaler.svc.cluster.local:6000", so["metadata"]["name"]
+        config = owned[index]
+        role = config.graphs[md["graph"]].roles[md["role"]]
+        assert md["namespace"] == config.graphs[md["graph"]].namespace == so["metadata"]["namespace"]
+        assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (role.min_replicas, role.max_replicas)
+        assert so["spec"]["scaleTargetRef"] == _expected_target(config, md["graph"], md["role"])
+        seen.add((md["graph"], md["role"]))
+    assert seen == {(g, r) for c in owned.values() for g, gc in c.graphs.items() for r in gc.roles}
+    assert len(seen) == len(of_kind(docs, "ScaledObject"))

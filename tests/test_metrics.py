@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -53,7 +56,7 @@ def pick(s: dict, name: str, **labels) -> list[float]:
 
 @pytest.fixture
 def running():
-    config = make_config()
+    config = make_config(metrics={"detail": "full"})
     clock = ManualClock(1_000_000.0)
     engine, store, metrics = Engine(config), DecisionStore(), ScalerMetrics()
     source = ListSource(clock)
@@ -124,3 +127,68 @@ def test_grpc_requests_and_http_metrics_page(running):
     assert pick(s, "pdscaler_grpc_requests_total", method="GetMetricSpec", code="NOT_FOUND") == [1.0]
     assert pick(s, "pdscaler_grpc_request_duration_seconds_count", method="GetMetrics") == [3.0]
     assert pick(s, "pdscaler_target_replicas", graph="g1", role="decode")
+
+
+DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
+DETAILED = ("pdscaler_observed", "pdscaler_forecast", "pdscaler_decision_figure")
+
+
+def dashboard_selectors() -> list[tuple[str, dict[str, str]]]:
+    """(family, {label: regex}) of every selector the bundled dashboards put on the detailed families,
+    with $graph = g1 and each value of $horizon; selectors on $warm_role (no warm role here) left out."""
+    out = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        exprs = re.findall(r'"expr": "((?:[^"\\]|\\.)*)"', path.read_text())
+        for expr in (json.loads(f'"{e}"') for e in exprs):
+            for fam, body in re.findall(r"(pdscaler_observed|pdscaler_forecast|pdscaler_decision_figure)\{([^}]*)\}", expr):
+                if "$warm_role" in body:
+                    continue
+                for horizon in ("60", "300", "600"):
+                    matchers = {k: v.replace("$graph", "g1").replace("$horizon", horizon)
+                                for k, _, v in re.findall(r'(\w+)\s*(=~|=)\s*"([^"]*)"', body)}
+                    out.append((fam, matchers))
+    return out
+
+
+def test_dashboard_detail_exports_what_the_dashboards_query_and_less(running):
+    """metrics.detail "dashboard" (the default): every series a bundled dashboard selects from the
+    detailed families is there with the same value as under "full", and the page is smaller."""
+    config, clock, engine, store, metrics, source, loop = running
+    default = make_config()
+    assert default.metrics.detail == "dashboard"
+    coarse = ScalerMetrics(parts=())
+    coarse.watch(default, store, engine, None, clock.now)
+    full, dash = samples(metrics), samples(coarse)
+    selectors = dashboard_selectors()
+    assert {fam for fam, _ in selectors} == set(DETAILED)  # the dashboards do query all three
+
+    def matching(s: dict, fam: str, matchers: dict) -> dict:
+        return {k: v for k, v in s.items() if k[0] == fam
+                and all(re.fullmatch(rx, dict(k[1]).get(lbl, "")) for lbl, rx in matchers.items())}
+
+    found = 0
+    for fam, matchers in selectors:
+        want = matching(full, fam, matchers)
+        assert matching(dash, fam, matchers) == want, (fam, matchers)
+        found += len(want)
+    assert found > 0
+    for fam in DETAILED:
+        n_full, n_dash = (sum(1 for k in s if k[0] == fam) for s in (full, dash))
+        assert 0 < n_dash < n_full, fam
+    assert pick(dash, "pdscaler_observed", graph="g1", role="", signal="request_rate") == []
+    assert pick(dash, "pdscaler_forecast", graph="g1", series="kv_tokens") == []
+    assert pick(dash, "pdscaler_target_replicas", graph="g1", role="decode") == \
+        pick(full, "pdscaler_target_replicas", graph="g1", role="decode")
+
+
+def test_loop_stages_are_timed_per_poll(running):
+    """pdscaler_stage_seconds: one observation per poll and stage; the CPU per stage accumulates, and
+    forecasting (on by default) costs CPU."""
+    config, clock, engine, store, metrics, source, loop = running
+    s = samples(metrics)
+    for stage in ("collect", "observe", "forecast", "decide", "publish"):
+        assert pick(s, "pdscaler_stage_seconds_count", stage=stage) == [12.0], stage
+        assert pick(s, "pdscaler_stage_cpu_seconds_total", stage=stage)[0] >= 0.0
+    assert pick(s, "pdscaler_stage_seconds_count", stage="send") == [0.0]  # only in serve's decision process
+    assert pick(s, "pdscaler_stage_cpu_seconds_total", stage="forecast")[0] > 0.0
+    assert pick(s, "pdscaler_stage_cpu_seconds_total", stage="decide")[0] > 0.0

@@ -175,3 +175,69 @@ def test_serve_answers_at_once_with_the_floor_when_prometheus_hangs_or_is_unreac
         prom.close()
     output = proc.output()
     assert "prometheus unreachable" in output, output  # the reason says why it holds
+
+
+def _fleet(n: int, shards: int | None = None, index: int = 0, extra: int = 0):
+    from scaler.config import ScalerConfig
+
+    roles = {"prefill": {"kind": "prefill", "min_replicas": 1}, "decode": {"kind": "decode", "min_replicas": 1}}
+    data = {"source": {"kind": "prometheus", "url": "http://127.0.0.1:1"},
+            "graphs": {f"graph-{i}": {"namespace": "ns", "roles": roles} for i in range(n + extra)}}
+    if shards is not None:
+        data["sharding"] = {"shards": shards, "index": index}
+    return ScalerConfig.model_validate(data)
+
+
+def test_two_shards_each_answer_their_own_graphs_and_name_the_other_shard():
+    """sharding {shards: 2, index: 0|1} over loopback: every graph is answered by exactly one shard;
+    the other says NOT_FOUND naming the shard that serves it; together they serve the whole fleet."""
+    from contextlib import ExitStack
+
+    full = _fleet(12)
+    shards = [_fleet(12, 2, i) for i in (0, 1)]
+    owned = [set(c.graphs) for c in shards]
+    assert owned[0] and owned[1] and not owned[0] & owned[1] and owned[0] | owned[1] == set(full.graphs)
+    with ExitStack() as stack:
+        stubs = []
+        for c in shards:
+            store = DecisionStore()
+            store.publish(Engine(c).decide_all(1))
+            channel, _ = stack.enter_context(grpc_server(c, store))
+            stubs.append(pb_grpc.ExternalScalerStub(channel))
+        for graph in full.graphs:
+            mine = 0 if graph in owned[0] else 1
+            r = stubs[mine].GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(graph=graph), metricName="m"))
+            assert r.metricValues[0].metricValue == 1  # the floor: no data yet
+            assert stubs[mine].IsActive(ref(graph=graph, role="decode")).result is True
+            with pytest.raises(grpc.RpcError) as e:
+                stubs[1 - mine].GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(graph=graph), metricName="m"))
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+            assert f"served by shard {mine} of 2" in e.value.details() and f"(shard {1 - mine})" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:  # not configured anywhere: the usual NOT_FOUND
+            stubs[0].GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(graph="nope"), metricName="m"))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND and "not configured" in e.value.details()
+
+
+def test_shard_assignment_is_stable_as_the_fleet_grows():
+    """A graph's shard depends on its namespace and name only: adding graphs moves none of the others."""
+    before = [set(_fleet(12, 3, i).graphs) for i in range(3)]
+    after = [set(_fleet(12, 3, i, extra=8).graphs) for i in range(3)]
+    for b, a in zip(before, after):
+        assert b <= a
+    assert sum(len(a) for a in after) == 20
+
+
+def test_bad_sharding_is_one_clear_config_error():
+    from scaler.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="sharding.index 2 is not below sharding.shards 2"):
+        parse_config("sharding: {shards: 2, index: 2}\ngraphs: {g1: {roles: {p: {kind: prefill}}}}\n")
+    with pytest.raises(ConfigError, match="owns none of the 1 configured graphs"):
+        parse_config("sharding: {shards: 40, index: %d}\ngraphs: {g1: {roles: {p: {kind: prefill}}}}\n"
+                     % next(i for i in range(40) if i != _shard_of_g1()))
+
+
+def _shard_of_g1() -> int:
+    from scaler.config import ShardingConfig
+
+    return ShardingConfig(shards=40, index=0).shard_of("g1")
