@@ -45,7 +45,8 @@ FIGURES = ("reactive_replicas", "predictive_replicas", "forecast_cap_replicas", 
            "arrival_tokens_per_s", "backlog_tokens_per_s", "demand_tokens_per_s", "decode_tokens_per_s",
            "kv_tokens", "capacity_correction", "serving_gpus", "forecast_gpus", "headroom", "headroom_windows")
 # metrics.detail "dashboard" (the default) exports of these families only what dashboards/ query:
-DASHBOARD_FIGURES = ("reactive_replicas", "predictive_replicas", "forecast_cap_replicas", "serving_gpus", "forecast_gpus")
+DASHBOARD_FIGURES = ("reactive_replicas", "predictive_replicas", "forecast_cap_replicas", "serving_gpus", "forecast_gpus",
+                     "headroom", "headroom_windows")
 DASHBOARD_SIGNALS = ("prefill_tokens_per_s", "decode_tokens_per_s")  # graph-wide (role=""), and in forecasts
 DASHBOARD_QUANTILES = (0.5, 0.9)  # and forecast.quantile, the one decisions size on
 STAGES = ("collect", "observe", "forecast", "decide", "publish", "send")  # pdscaler_stage_seconds' stages
