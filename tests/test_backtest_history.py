@@ -67,8 +67,9 @@ def prom():
 
 
 def _config(**source) -> ScalerConfig:
-    return ScalerConfig.model_validate({"source": {"kind": "prometheus", **source}, "graphs": {"chat": {"namespace": "prod", "roles": {
-        "p": {"kind": "prefill", "component": "PrefillWorker"}, "d": {"kind": "decode"}}}}})
+    roles = {"p": {"kind": "prefill", "component": "PrefillWorker"}, "d": {"kind": "decode"}}
+    return ScalerConfig.model_validate({"source": {"kind": "prometheus", **source},
+                                        "graphs": {"chat": {"namespace": "prod", "roles": roles}}})
 
 
 def _read(url, config=None, **kw):
@@ -151,7 +152,8 @@ def test_share_within_an_slo_from_histogram_buckets():
 def test_the_simulated_hardware_follows_the_graphs_capacity_profile(prom):
     profile = {"prefill": {"tokens_per_s": [{"isl": 512, "tokens_per_s": 50000}, {"isl": 4096, "tokens_per_s": 30000}]},
                "decode": {"itl_target_s": 0.02, "kv_tokens": 500000,
-                          "tokens_per_s": [{"context": 1024, "tokens_per_s": 12000}, {"context": 8192, "tokens_per_s": 6000}]}}
+                          "tokens_per_s": [{"context": 1024, "tokens_per_s": 12000},
+                                           {"context": 8192, "tokens_per_s": 6000}]}}
     cfg = ScalerConfig.model_validate({"graphs": {"chat": {"namespace": "prod", "profile": profile, "roles": {
         "p": {"kind": "prefill"}, "d": {"kind": "decode"}}}}})
     rep = hist.to_workload(_read(prom.url, cfg))

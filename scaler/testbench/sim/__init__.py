@@ -12,4 +12,5 @@ One concept per module:
 - `engine_config.py` the pdscaler configuration the replay runs the real Engine with
 - `replay.py`     one policy over a workload, scored
 - `backtest.py`   several policies side by side: table, JSON, plot
+- `history.py`    a graph's own history from Prometheus as the workload, and `as-run` (the replicas that ran)
 """

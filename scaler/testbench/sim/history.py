@@ -19,6 +19,10 @@ beside them `as-run`: the replicas Prometheus saw ready, imposed step by step (r
 start-ups already happened), through the same fluid model. Its GPU-hours are those replicas'
 GPU-time; idle nodes and start-ups are not in Prometheus, so compare `replica GPU-h` across rows.
 
+The cluster is the simulator's (pdscaler polled and the HPA synced every 15 s, `--warm-start`,
+`--cold-start`, GPU nodes under a cluster autoscaler), not necessarily the one that ran; as-run is
+what that one did.
+
 The simulated hardware: the graph's capacity profile when it has one (prefill tokens/s at the
 workload's mean ISL, decode tokens/s at its mean context at the profile's ITL target, KV tokens, GPUs
 per replica: `hardware`), else the emulated H200 of Dynamo's published profile (EmulatorProfile).
@@ -149,7 +153,7 @@ class PromClient:
         try:
             r = self.session.post(f"{self.url}{path}", data=data, timeout=self.timeout)
         except requests.RequestException as e:
-            raise HistoryError(f"cannot reach Prometheus at {self.url}: {_short(e)}") from None
+            raise HistoryError(f"cannot reach Prometheus at {self.url}: {_why(e, self.timeout)}") from None
         try:
             body = r.json()
         except ValueError:
@@ -517,9 +521,22 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _short(e: Exception) -> str:
-    text = f"{type(e).__name__}: {e}"
-    return text if len(text) <= 160 else text[:157] + "..."
+def _why(e: Exception, timeout: float) -> str:
+    """The reason of a failed request, short: "[Errno 111] Connection refused", "no answer within 30s"."""
+    import re
+
+    if isinstance(e, requests.Timeout):
+        return f"no answer within {timeout:g}s"
+    m = re.search(r"\[Errno -?\d+\] [^'\")]+", str(e))
+    text = m.group(0) if m else f"{type(e).__name__}: {e}"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _duration(value: str, flag: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise HistoryError(f"{flag}: {e}") from None
 
 
 def parse_time(value: str | None) -> float:
@@ -559,8 +576,8 @@ def _backtest(args, load_config) -> HistoryBacktest:
 
     if args.trace:
         raise HistoryError("give --trace or --prometheus, not both")
-    step = parse_duration(args.step)
-    span = parse_duration(args.range)
+    step = _duration(args.step, "--step")
+    span = _duration(args.range, "--range")
     if not step > 0:
         raise HistoryError(f"--step must be > 0, got {args.step!r}")
     if step / args.dt < 1 or abs(step / args.dt - round(step / args.dt)) > 1e-9:
@@ -570,8 +587,10 @@ def _backtest(args, load_config) -> HistoryBacktest:
     end = math.floor(parse_time(args.end) / step) * step  # on the step grid, as a dashboard's range
     start = end - math.floor(span / step) * step
     # as for traces: a day of history (the forecasters' warm start) when the range spans two days or more
-    history_s = parse_duration(args.history) if args.history is not None else (86400.0 if span >= 2 * 86400 else 0.0)
-    warm, cold = parse_duration(args.warm_start), parse_duration(args.cold_start)
+    history_s = 86400.0 if span >= 2 * 86400 else 0.0
+    if args.history is not None:
+        history_s = _duration(args.history, "--history")
+    warm, cold = _duration(args.warm_start, "--warm-start"), _duration(args.cold_start, "--cold-start")
     if cold < warm:
         raise HistoryError(f"--cold-start ({cold:g}s) must be at least --warm-start ({warm:g}s)")
     user = raw = None
@@ -600,7 +619,7 @@ def _backtest(args, load_config) -> HistoryBacktest:
         graphs = raw.get("graphs") or {}
         mine = {k: v for k, v in (graphs.get(graph) or {}).items() if not (args.profile and k == "profile")}
         overrides = {k: v for k, v in raw.items() if k not in ("graphs", "source")} | {"graphs": {graph: mine}}
-    nodes = NodeSettings(warm, cold - warm, parse_duration(args.scale_down_unneeded))
+    nodes = NodeSettings(warm, cold - warm, _duration(args.scale_down_unneeded, "--scale-down-unneeded"))
     ctx = SimContext(rep.workload, profile=hw, ttft_slo=slo[0], itl_slo=slo[1], nodes=nodes,
                      profile_path=args.profile, max_replicas=args.max_replicas, engine_overrides=overrides)
     return run_history_backtest(ctx, history, rep.replicas, policies, note, progress=progress_wanted(args.no_progress))
