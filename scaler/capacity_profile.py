@@ -33,6 +33,7 @@ SLOs (the default of the demo and the simulator); the test bench derives it
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,14 +114,14 @@ class ProfileError(Exception):
 def load_profile(path: str | Path, ttft_s: float = 0.5, itl_s: float = 0.03, prefill_gpus: int | None = None,
                  decode_gpus: int | None = None) -> CapacityProfile:
     """A profile YAML file, or Dynamo's pre-deployment profiler output (a directory, or one of its .npz /
-    .json files) converted at the SLOs `ttft_s` / `itl_s` with scaler/dynamo_profile.py, the code of
+    .json files) converted at the SLOs `ttft_s` / `itl_s` by `import_dynamo_profile`, the code of
     `pdscaler profile import` (`*_gpus`: GPUs per replica, default the profiler output's)."""
     path = Path(path)
-    from scaler import dynamo_profile
+    from scaler.dynamo_profile import looks_like_profiler_output
 
-    if dynamo_profile.looks_like_profiler_output(path):
+    if looks_like_profiler_output(path):
         how = "the role's gpus_per_replica"
-        got = dynamo_profile.import_profile(path, ttft_s, itl_s, prefill_gpus, decode_gpus, how, how)
+        got = import_dynamo_profile(path, ttft_s, itl_s, prefill_gpus, decode_gpus, how, how)
         for w in got.warnings:
             logging.getLogger("pdscaler.profile").warning("%s: %s", path, w)
         return got.profile
@@ -134,6 +135,52 @@ def load_profile(path: str | Path, ttft_s: float = 0.5, itl_s: float = 0.03, pre
         return CapacityProfile.model_validate(data)
     except ValidationError as e:
         raise ProfileError(f"{path}: invalid capacity profile\n{format_validation_error(e)}") from e
+
+
+@dataclass(frozen=True)
+class ImportedProfile:
+    """A profile converted from Dynamo's profiler output, the conversion's warnings and where each figure came from."""
+
+    profile: CapacityProfile
+    warnings: list[str]
+    notes: list[str]
+
+    def yaml(self, path_shown: str) -> str:
+        p, d = self.profile.prefill, self.profile.decode
+        header = (
+            f"# Capacity profile imported from Dynamo's pre-deployment profiler output ({path_shown})\n"
+            f"# by `pdscaler profile import` at TTFT {p.ttft_target_s:g} s and ITL {d.itl_target_s * 1000:g} ms.\n"
+            + "".join(f"# {n}\n" for n in self.notes)
+            + "".join(f"# warning: {w}\n" for w in self.warnings)
+        )
+        return profile_yaml(self.profile, header)
+
+
+def import_dynamo_profile(path: str | Path, ttft_s: float, itl_s: float, prefill_gpus: int | None = None,
+                          decode_gpus: int | None = None, prefill_how: str = "given",
+                          decode_how: str = "given") -> ImportedProfile:
+    """Dynamo's pre-deployment profiler output (a directory or one of its files) as a capacity profile at
+    the SLOs (seconds), converted by scaler/dynamo_profile.py; `*_gpus`: GPUs of one engine when known
+    (`*_how`: from where), else read from the profiler output. ProfileError: one line naming the file."""
+    from scaler.dynamo_profile import DynamoProfileError, convert_output
+
+    try:
+        got = convert_output(path, ttft_s, itl_s, prefill_gpus, decode_gpus, prefill_how, decode_how)
+        return ImportedProfile(CapacityProfile.model_validate(got.data), got.warnings, got.notes)
+    except DynamoProfileError as e:
+        raise ProfileError(str(e)) from None
+    except ValidationError as e:  # not expected: the conversion builds valid curves
+        raise ProfileError(f"{path}: the converted profile is invalid: {format_validation_error(e)}") from None
+
+
+def role_gpus(graph) -> dict[str, int]:
+    """The GPUs per replica a graph's (GraphConfig) prefill / decode roles set explicitly, by kind (the first
+    role of each kind): they override what a profiler output records."""
+    out: dict[str, int] = {}
+    for rc in graph.roles.values():
+        if rc.kind in ("prefill", "decode") and rc.kind not in out and "gpus_per_replica" in rc.model_fields_set:
+            out[rc.kind] = rc.gpus_per_replica
+    return out
 
 
 def flat_profile(prefill_tokens_per_s: float, decode_tokens_per_s: float, kv_tokens: float,

@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("file")
     cc.set_defaults(func=cmd_config_check)
 
-    from scaler.dynamo_profile import register as register_profile
+    from scaler.profile_import import register as register_profile
 
     register_profile(sub)  # `pdscaler profile import`: Dynamo's profiler output -> capacity profile
 

@@ -323,13 +323,11 @@ class GraphConfig(_Model):
 
     def capacity_profile(self) -> CapacityProfile:
         """The graph's capacity profile: inline, loaded from its file, or flat from the roles' figures."""
-        from scaler.capacity_profile import flat_profile, load_profile
+        from scaler.capacity_profile import flat_profile, load_profile, role_gpus
 
         if isinstance(self.profile, CapacityProfile):
             return self.profile
         if isinstance(self.profile, str):  # a Dynamo profiler output is converted at this graph's SLOs
-            from scaler.dynamo_profile import role_gpus
-
             gpus = role_gpus(self)
             return load_profile(self.profile, self.slo.ttft_s, self.slo.itl_s, gpus.get("prefill"), gpus.get("decode"))
         pre = next((rc for rc in self.roles.values() if rc.kind == "prefill"), None) or RoleConfig(kind="prefill")

@@ -31,17 +31,17 @@ The conversion at the graph's SLOs (the figures Dynamo's Planner sizes with, per
   warning.
 
 Between points pdscaler interpolates linearly and holds the ends flat (the Planner: cubic, ISL clamped
-to the sampled range). Every malformed input raises ProfileError with one line naming the file.
+to the sampled range). Every malformed input raises DynamoProfileError, one line naming the file. This
+module reads and converts (numpy and YAML only); scaler/capacity_profile.py validates the result
+(`import_dynamo_profile`, also behind `load_profile`) and scaler/profile_import.py is the command.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
 import shlex
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,15 +49,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from scaler.capacity_profile import (
-    CapacityProfile,
-    ContextPoint,
-    DecodeProfile,
-    IslPoint,
-    PrefillProfile,
-    ProfileError,
-    profile_yaml,
-)
+
+class DynamoProfileError(ValueError):
+    """A profiler output that cannot be converted; the message is one line naming the file and the problem."""
 
 PREFILL_NPZ = Path("selected_prefill_interpolation") / "raw_data.npz"
 DECODE_NPZ = Path("selected_decode_interpolation") / "raw_data.npz"
@@ -86,22 +80,13 @@ class DecodeData:
 
 
 @dataclass(frozen=True)
-class Imported:
-    """A converted profile, the warnings of the conversion (lines for a person) and where each figure came from."""
+class Converted:
+    """A converted profile in the capacity profile's schema (scaler/capacity_profile.py validates it), the
+    warnings of the conversion (lines for a person) and where each figure came from."""
 
-    profile: CapacityProfile
+    data: dict
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    def yaml(self, path_shown: str) -> str:
-        p, d = self.profile.prefill, self.profile.decode
-        header = (
-            f"# Capacity profile imported from Dynamo's pre-deployment profiler output ({path_shown})\n"
-            f"# by `pdscaler profile import` at TTFT {p.ttft_target_s:g} s and ITL {d.itl_target_s * 1000:g} ms.\n"
-            + "".join(f"# {n}\n" for n in self.notes)
-            + "".join(f"# warning: {w}\n" for w in self.warnings)
-        )
-        return profile_yaml(self.profile, header)
 
 
 # --- Finding the files ------------------------------------------------------------------------------
@@ -135,14 +120,14 @@ def locate(path: str | Path) -> tuple[Path, Path, Path]:
     NPZ first, then JSON, as Dynamo's Planner reads them."""
     path = Path(path)
     if not path.exists():
-        raise ProfileError(f"{path}: no such file or directory")
+        raise DynamoProfileError(f"{path}: no such file or directory")
     given: dict[str, Path] = {}
     if path.is_dir():
         root = path
     else:
         role = _role_of_file(path)
         if role is None:
-            raise ProfileError(
+            raise DynamoProfileError(
                 f"{path}: not a Dynamo profiler file (expected {PREFILL_JSON}, {DECODE_JSON} or "
                 f"selected_{{prefill,decode}}_interpolation/raw_data.npz, or their directory)")
         root = _root_of(path)
@@ -158,7 +143,7 @@ def locate(path: str | Path) -> tuple[Path, Path, Path]:
                 break
         else:
             where = f"{path} (beside it)" if path != root else str(root)
-            raise ProfileError(f"{where}: no {role} data: expected {root / npz} or {root / js}")
+            raise DynamoProfileError(f"{where}: no {role} data: expected {root / npz} or {root / js}")
     return root, found["prefill"], found["decode"]
 
 
@@ -171,58 +156,58 @@ def _raw_arrays(path: Path) -> dict[str, object]:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-            raise ProfileError(f"{path}: not a readable NPZ file ({e})") from e
+            raise DynamoProfileError(f"{path}: not a readable NPZ file ({e})") from e
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ProfileError(f"{path}: cannot read: {e.strerror}") from e
+        raise DynamoProfileError(f"{path}: cannot read: {e.strerror}") from e
     except UnicodeDecodeError as e:
-        raise ProfileError(f"{path}: not a JSON text file ({e.reason})") from e
+        raise DynamoProfileError(f"{path}: not a JSON text file ({e.reason})") from e
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ProfileError(f"{path}: not valid JSON: line {e.lineno} column {e.colno}: {e.msg}") from e
+        raise DynamoProfileError(f"{path}: not valid JSON: line {e.lineno} column {e.colno}: {e.msg}") from e
     if not isinstance(data, dict):
-        raise ProfileError(f"{path}: expected a JSON object of arrays, got {type(data).__name__}")
+        raise DynamoProfileError(f"{path}: expected a JSON object of arrays, got {type(data).__name__}")
     return data
 
 
 def _array(path: Path, raw: dict[str, object], key: str) -> np.ndarray:
     if key not in raw:
         has = ", ".join(sorted(raw)) or "nothing"
-        raise ProfileError(f"{path}: missing array '{key}' (the file has: {has})")
+        raise DynamoProfileError(f"{path}: missing array '{key}' (the file has: {has})")
     value = raw[key]
     try:
         a = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
-        raise ProfileError(f"{path}: '{key}' must be an array of numbers") from None
+        raise DynamoProfileError(f"{path}: '{key}' must be an array of numbers") from None
     if a.ndim != 1:
-        raise ProfileError(f"{path}: '{key}' must be a 1-D array, got shape {a.shape}")
+        raise DynamoProfileError(f"{path}: '{key}' must be a 1-D array, got shape {a.shape}")
     if a.size == 0:
-        raise ProfileError(f"{path}: '{key}' is empty")
+        raise DynamoProfileError(f"{path}: '{key}' is empty")
     bad = np.flatnonzero(~np.isfinite(a))
     if bad.size:
-        raise ProfileError(f"{path}: '{key}'[{bad[0]}] is {a[bad[0]]} (every value must be a finite number)")
+        raise DynamoProfileError(f"{path}: '{key}'[{bad[0]}] is {a[bad[0]]} (every value must be a finite number)")
     return a
 
 
 def _positive(path: Path, key: str, a: np.ndarray, unit: str) -> None:
     bad = np.flatnonzero(a <= 0)
     if bad.size:
-        raise ProfileError(f"{path}: '{key}'[{bad[0]}] is {a[bad[0]]:g}: {unit} must be more than 0")
+        raise DynamoProfileError(f"{path}: '{key}'[{bad[0]}] is {a[bad[0]]:g}: {unit} must be more than 0")
 
 
 def _same_length(path: Path, arrays: dict[str, np.ndarray]) -> None:
     lengths = {k: len(v) for k, v in arrays.items()}
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{k} {n}" for k, n in lengths.items())
-        raise ProfileError(f"{path}: the arrays must have one entry per point, but their lengths differ ({shown})")
+        raise DynamoProfileError(f"{path}: the arrays must have one entry per point, but their lengths differ ({shown})")
 
 
 def _milliseconds(path: Path, key: str, a: np.ndarray) -> None:
     """Dynamo writes latencies in milliseconds; all below 1 ms is a file written in seconds."""
     if float(a.max()) < 1.0:
-        raise ProfileError(f"{path}: '{key}' looks like seconds (largest {a.max():g}): Dynamo's profiler "
+        raise DynamoProfileError(f"{path}: '{key}' looks like seconds (largest {a.max():g}): Dynamo's profiler "
                            f"writes milliseconds (e.g. 61.9 for 61.9 ms)")
 
 
@@ -238,7 +223,7 @@ def read_prefill(path: Path) -> PrefillData:
     steps = np.flatnonzero(np.diff(isl) <= 0)
     if steps.size:
         i = int(steps[0]) + 1
-        raise ProfileError(f"{path}: 'prefill_isl' must increase strictly, but [{i}] = {isl[i]:g} follows "
+        raise DynamoProfileError(f"{path}: 'prefill_isl' must increase strictly, but [{i}] = {isl[i]:g} follows "
                            f"{isl[i - 1]:g}")
     return PrefillData(path, isl, ttft, thpt)
 
@@ -246,18 +231,18 @@ def read_prefill(path: Path) -> PrefillData:
 def _max_kv_tokens(path: Path, raw: dict[str, object]) -> float:
     if "max_kv_tokens" not in raw:
         has = ", ".join(sorted(raw)) or "nothing"
-        raise ProfileError(f"{path}: missing 'max_kv_tokens' (the file has: {has})")
+        raise DynamoProfileError(f"{path}: missing 'max_kv_tokens' (the file has: {has})")
     value = raw["max_kv_tokens"]
     try:
         a = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
-        raise ProfileError(f"{path}: 'max_kv_tokens' must be a number of tokens") from None
+        raise DynamoProfileError(f"{path}: 'max_kv_tokens' must be a number of tokens") from None
     if a.size != 1 or a.ndim > 1:
-        raise ProfileError(f"{path}: 'max_kv_tokens' must be one number (the KV capacity of one engine), "
+        raise DynamoProfileError(f"{path}: 'max_kv_tokens' must be one number (the KV capacity of one engine), "
                            f"got shape {a.shape}")
     v = float(a.reshape(-1)[0])
     if not math.isfinite(v) or v <= 0:
-        raise ProfileError(f"{path}: 'max_kv_tokens' is {v:g}: the KV capacity must be more than 0 tokens")
+        raise DynamoProfileError(f"{path}: 'max_kv_tokens' is {v:g}: the KV capacity must be more than 0 tokens")
     return v
 
 
@@ -271,7 +256,7 @@ def read_decode(path: Path) -> DecodeData:
     if float(kv.max()) > 1.0:
         i = int(np.argmax(kv))
         hint = " (a percentage? Dynamo writes a share, 0.5 for 50 %)" if kv.max() <= 100 else ""
-        raise ProfileError(f"{path}: 'x_kv_usage'[{i}] is {kv[i]:g}: the active KV share must be at most 1{hint}")
+        raise DynamoProfileError(f"{path}: 'x_kv_usage'[{i}] is {kv[i]:g}: the active KV share must be at most 1{hint}")
     _positive(path, "y_context_length", ctx, "a context length (tokens)")
     _positive(path, "z_itl", itl, "an ITL (ms)")
     _positive(path, "z_thpt_per_gpu", thpt, "a throughput (tokens/s/GPU)")
@@ -280,7 +265,7 @@ def read_decode(path: Path) -> DecodeData:
         at = kv[ctx == c]
         dup = at[np.flatnonzero(np.diff(np.sort(at)) == 0)]
         if dup.size:
-            raise ProfileError(f"{path}: two points at x_kv_usage {dup[0]:g} for y_context_length {c:g}: "
+            raise DynamoProfileError(f"{path}: two points at x_kv_usage {dup[0]:g} for y_context_length {c:g}: "
                                f"each measured point needs its own KV usage")
     return DecodeData(path, kv, ctx, itl, thpt, max_kv)
 
@@ -308,41 +293,42 @@ def _ranges(values: list[float]) -> str:
 
 
 def convert(pre: PrefillData, dec: DecodeData, ttft_s: float, itl_s: float,
-            prefill_gpus: int = 1, decode_gpus: int = 1) -> tuple[CapacityProfile, list[str]]:
-    """The capacity profile at TTFT `ttft_s` and ITL `itl_s` (seconds), and the conversion's warnings."""
+            prefill_gpus: int = 1, decode_gpus: int = 1) -> tuple[dict, list[str]]:
+    """The capacity profile (its schema, as data) at TTFT `ttft_s` and ITL `itl_s` (seconds), and the
+    conversion's warnings."""
     warnings: list[str] = []
     ttft_ms, itl_ms = ttft_s * 1000.0, itl_s * 1000.0
     meets = pre.ttft_ms <= ttft_ms
     if not meets.any():
         i = int(np.argmin(pre.ttft_ms))
-        raise ProfileError(f"{pre.source}: no profiled ISL meets the TTFT target {ttft_s:g} s (lowest TTFT "
+        raise DynamoProfileError(f"{pre.source}: no profiled ISL meets the TTFT target {ttft_s:g} s (lowest TTFT "
                            f"{pre.ttft_ms[i]:g} ms, at ISL {pre.isl[i]:g}): set a looser --ttft or profile faster engines")
     if not meets.all():
         warnings.append(f"prefill: the profiled TTFT is above the {ttft_s:g} s target at ISL "
                         f"{_ranges(list(pre.isl[~meets]))} even on an idle engine: no replica count meets the "
                         f"target there (their throughput is kept, as Dynamo's Planner keeps it)")
-    prefill = PrefillProfile(
-        gpus_per_replica=prefill_gpus, ttft_target_s=ttft_s,
-        tokens_per_s=[IslPoint(isl=float(x), tokens_per_s=float(t) * prefill_gpus)
-                      for x, t in zip(pre.isl, pre.thpt_per_gpu)],
-    )
+    prefill = {
+        "gpus_per_replica": prefill_gpus, "ttft_target_s": ttft_s,
+        "tokens_per_s": [{"isl": float(x), "tokens_per_s": float(t) * prefill_gpus}
+                         for x, t in zip(pre.isl, pre.thpt_per_gpu)],
+    }
     points, missed = [], []
     for c in np.unique(dec.context):
         at = dec.context == c
         thpt, _, met = decode_at_itl(dec.kv_usage[at], dec.itl_ms[at], dec.thpt_per_gpu[at], itl_ms)
         if not met:
             missed.append(float(c))
-        points.append(ContextPoint(context=float(c), tokens_per_s=round(thpt * decode_gpus, 1)))
+        points.append({"context": float(c), "tokens_per_s": round(thpt * decode_gpus, 1)})
     if len(missed) == len(points):
-        raise ProfileError(f"{dec.source}: no profiled context meets the ITL target {itl_s * 1000:g} ms (lowest ITL "
+        raise DynamoProfileError(f"{dec.source}: no profiled context meets the ITL target {itl_s * 1000:g} ms (lowest ITL "
                            f"{dec.itl_ms.min():g} ms): set a looser --itl or profile faster engines")
     if missed:
         warnings.append(f"decode: the profiled ITL is above the {itl_s * 1000:g} ms target at context "
                         f"{_ranges(missed)} even at the lowest load measured: no replica count meets the target "
                         f"there (the lowest load's throughput is kept, as Dynamo's Planner keeps it)")
-    decode = DecodeProfile(gpus_per_replica=decode_gpus, itl_target_s=itl_s, kv_tokens=dec.max_kv_tokens,
-                           tokens_per_s=points)
-    return CapacityProfile(prefill=prefill, decode=decode), warnings
+    decode = {"gpus_per_replica": decode_gpus, "itl_target_s": itl_s, "kv_tokens": dec.max_kv_tokens,
+              "tokens_per_s": points}
+    return {"prefill": prefill, "decode": decode}, warnings
 
 
 # --- GPUs per replica -------------------------------------------------------------------------------
@@ -373,7 +359,7 @@ def _yaml_docs(path: Path) -> list:
     try:
         return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if isinstance(d, dict)]
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ProfileError(f"{path}: cannot read the profiler's engine config: {e}") from e
+        raise DynamoProfileError(f"{path}: cannot read the profiler's engine config: {e}") from e
 
 
 def _args(container: dict) -> list[str]:
@@ -426,7 +412,8 @@ def _engine_config_gpus(root: Path, role: str) -> tuple[int, str] | None:
     found = []
     for doc in _yaml_docs(path):
         for name, svc in _get(doc, "spec", "services").items():
-            if not isinstance(svc, dict) or svc.get("componentType") in ("frontend", "planner") or name in ("Frontend", "Planner"):
+            if not isinstance(svc, dict) or svc.get("componentType") in ("frontend", "planner") \
+                    or name in ("Frontend", "Planner"):
                 continue
             count = str(_get(svc, "multinode").get("nodeCount", 1)).strip()
             nodes = int(count) if count.isdigit() and int(count) >= 1 else 1
@@ -459,10 +446,10 @@ def engine_gpus(root: Path, role: str, given: int | None, given_how: str) -> tup
                           f"(give --{role}-gpus N or tp=..,pp=..,dp=.., or the role's gpus_per_replica)")
 
 
-# --- The one entry point (CLI and load_profile) -----------------------------------------------------
+# --- The one entry point (scaler.capacity_profile.import_dynamo_profile: the CLI and load_profile) ---
 
 
-def import_profile(path: str | Path, ttft_s: float, itl_s: float, prefill_gpus: int | None = None,
+def convert_output(path: str | Path, ttft_s: float, itl_s: float, prefill_gpus: int | None = None,
                    decode_gpus: int | None = None, prefill_how: str = "given", decode_how: str = "given") -> Imported:
     """Read a profiler output directory (or one of its files) and convert it at the SLOs (seconds).
     `*_gpus`: GPUs of one engine when known (`*_how`: from where), else read from the profiler output."""
@@ -484,124 +471,4 @@ def import_profile(path: str | Path, ttft_s: float, itl_s: float, prefill_gpus: 
         f"decode: {rel(dfile)}, {len(np.unique(dec.context))} contexts x {len(dec.kv_usage)} points; {dg} GPU(s) "
         f"per replica ({dg_how}); tokens/s at the highest KV usage within the ITL target; kv_tokens = max_kv_tokens",
     ]
-    return Imported(profile, [w for w in (pw, dw) if w] + warnings, notes)
-
-
-# --- `pdscaler profile import` ----------------------------------------------------------------------
-
-
-def _slo_arg(bare_limit_s: float):
-    """A duration option; a bare number this large is a forgotten unit (--itl 30 is 30 seconds)."""
-
-    def parse(text: str) -> float:
-        from scaler.config import parse_duration
-
-        try:
-            v = parse_duration(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-        if v >= bare_limit_s and re.fullmatch(r"\s*[\d.]+\s*", text):
-            raise argparse.ArgumentTypeError(f"{text} means {v:g} seconds; give a unit (e.g. {text.strip()}ms)")
-        return v
-
-    return parse
-
-
-def _gpus_arg(text: str) -> int:
-    try:
-        return parse_gpus(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def register(sub) -> None:
-    """Adds `profile import` to the `pdscaler` subcommands (`sub`: argparse subparsers)."""
-    p = sub.add_parser("profile", help="capacity profiles: import Dynamo's pre-deployment profiler output")
-    psub = p.add_subparsers(dest="profile_command", required=True)
-    im = psub.add_parser(
-        "import", help="convert Dynamo profiler output to a pdscaler capacity profile at the SLOs",
-        description="Read the interpolation data Dynamo's SLA Planner loads (selected_prefill_interpolation/"
-        "raw_data.npz or prefill_raw_data.json, selected_decode_interpolation/raw_data.npz or decode_raw_data.json) "
-        "and write pdscaler's capacity profile (YAML) at the TTFT and ITL targets.")
-    im.add_argument("path", help="the profiler's output directory, or one of those files")
-    im.add_argument("--ttft", type=_slo_arg(10.0), help="TTFT target, e.g. 500ms or 0.5s "
-                    "(default: the graph's slo.ttft_s with --config, else 0.5 s)")
-    im.add_argument("--itl", type=_slo_arg(1.0), help="ITL target, e.g. 30ms "
-                    "(default: the graph's slo.itl_s with --config, else 30 ms)")
-    im.add_argument("--prefill-gpus", type=_gpus_arg, metavar="N|tp=..,pp=..,dp=..",
-                    help="GPUs of one prefill engine (default: the config's role, else the profiler output's)")
-    im.add_argument("--decode-gpus", type=_gpus_arg, metavar="N|tp=..,pp=..,dp=..",
-                    help="GPUs of one decode engine (default: the config's role, else the profiler output's)")
-    im.add_argument("--config", help="a pdscaler config: the SLOs and GPUs per replica of --graph are the defaults")
-    im.add_argument("--graph", help="the graph of --config (default: its only graph)")
-    im.add_argument("--out", help="write the profile to this file (default: stdout)")
-    im.set_defaults(func=cmd_profile_import)
-
-
-def graph_settings(config_path: str, graph: str | None) -> tuple[float, float, int | None, int | None]:
-    """(TTFT s, ITL s, prefill GPUs or None, decode GPUs or None) of a config's graph."""
-    from scaler.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as e:
-        raise ProfileError(str(e)) from None
-    if graph is None:
-        if len(cfg.graphs) != 1:
-            raise ProfileError(f"{config_path} has {len(cfg.graphs)} graphs ({', '.join(cfg.graphs)}): give --graph")
-        graph = next(iter(cfg.graphs))
-    if graph not in cfg.graphs:
-        raise ProfileError(f"{config_path}: unknown graph {graph!r}; configured graphs: {', '.join(cfg.graphs)}")
-    g = cfg.graphs[graph]
-    gpus = role_gpus(g)
-    return g.slo.ttft_s, g.slo.itl_s, gpus.get("prefill"), gpus.get("decode")
-
-
-def role_gpus(graph) -> dict[str, int]:
-    """The GPUs per replica a graph's prefill / decode roles set explicitly (first role of each kind)."""
-    out: dict[str, int] = {}
-    for rc in graph.roles.values():
-        if rc.kind in ("prefill", "decode") and rc.kind not in out and "gpus_per_replica" in rc.model_fields_set:
-            out[rc.kind] = rc.gpus_per_replica
-    return out
-
-
-def cmd_profile_import(args: argparse.Namespace) -> int:
-    try:
-        ttft, itl, pg, dg = 0.5, 0.03, None, None
-        if args.config:
-            ttft, itl, pg, dg = graph_settings(args.config, args.graph)
-        elif args.graph:
-            raise ProfileError("--graph needs --config")
-        ttft = args.ttft if args.ttft is not None else ttft
-        itl = args.itl if args.itl is not None else itl
-        gpus, how = {}, {}
-        for role, flag, cfg in (("prefill", args.prefill_gpus, pg), ("decode", args.decode_gpus, dg)):
-            gpus[role], how[role] = ((flag, f"--{role}-gpus") if flag is not None
-                                     else (cfg, "the config's gpus_per_replica"))
-        got = import_profile(args.path, ttft, itl, gpus["prefill"], gpus["decode"], how["prefill"], how["decode"])
-        text = got.yaml(args.path)
-        if args.out:
-            try:
-                Path(args.out).write_text(text, encoding="utf-8")
-            except OSError as e:
-                raise ProfileError(f"cannot write {args.out}: {e.strerror}") from None
-        else:
-            sys.stdout.write(text)
-    except ProfileError as e:
-        print(f"pdscaler profile import: {e}", file=sys.stderr)
-        return 2
-    for w in got.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    p, d = got.profile.prefill, got.profile.decode
-    pre = ", ".join(f"{pt.isl:g}: {pt.tokens_per_s:,.0f}" for pt in p.tokens_per_s)
-    dec = ", ".join(f"{pt.context:g}: {pt.tokens_per_s:,.0f}" for pt in d.tokens_per_s)
-    print(f"prefill tokens/s per replica ({p.gpus_per_replica} GPU) by ISL at TTFT {p.ttft_target_s:g} s: {pre}",
-          file=sys.stderr)
-    print(f"decode tokens/s per replica ({d.gpus_per_replica} GPU) by context at ITL {d.itl_target_s * 1000:g} ms: "
-          f"{dec}; KV {d.kv_tokens:,.0f} tokens", file=sys.stderr)
-    if args.out:
-        print(f"wrote {args.out}", file=sys.stderr)
-    return 0
+    return Converted(profile, [w for w in (pw, dw) if w] + warnings, notes)

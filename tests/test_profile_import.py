@@ -1,5 +1,6 @@
 """`pdscaler profile import` and `profile:` pointing at Dynamo's pre-deployment profiler output
-(scaler/dynamo_profile.py): the figures are checked against computations from the sample's raw arrays."""
+(scaler/dynamo_profile.py, scaler/profile_import.py): the figures are checked against computations from
+the sample's raw arrays."""
 
 import json
 import shutil
@@ -12,8 +13,9 @@ import yaml
 from scaler import cli
 from scaler.capacity import DecodeDemand, PrefillDemand, decode_need, prefill_need
 from scaler.capacity_profile import ProfileError, load_profile
+from scaler.capacity_profile import import_dynamo_profile as import_profile
 from scaler.config import DecodeCapacity, PrefillCapacity, load_config
-from scaler.dynamo_profile import import_profile, parse_gpus
+from scaler.dynamo_profile import parse_gpus
 
 SAMPLE = Path(__file__).parent / "data" / "dynamo-profile-sample"
 PREFILL_NPZ = "selected_prefill_interpolation/raw_data.npz"
@@ -198,20 +200,29 @@ def _edit_npz(d: Path, name: str, change) -> Path:
     return f
 
 
+def _set(key: str, i: int, value: float):
+    def change(d):
+        d[key][i] = value
+    return change
+
+
+PJ, DJ = "prefill_raw_data.json", "decode_raw_data.json"
 MALFORMED = {
     # name: (format, file, change, the problem the message states)
-    "missing array": ("json", "prefill_raw_data.json", lambda d: d.pop("prefill_ttft"), "missing array 'prefill_ttft'"),
-    "wrong shape": ("npz", DECODE_NPZ, lambda d: d.update(z_itl=d["z_itl"].reshape(6, 8)), "'z_itl' must be a 1-D array"),
-    "lengths differ": ("json", "decode_raw_data.json", lambda d: d["z_thpt_per_gpu"].pop(), "lengths differ"),
-    "NaN": ("npz", PREFILL_NPZ, lambda d: d["prefill_thpt_per_gpu"].__setitem__(3, np.nan), "'prefill_thpt_per_gpu'[3] is nan"),
-    "negative": ("json", "decode_raw_data.json", lambda d: d["z_thpt_per_gpu"].__setitem__(5, -1.0), "'z_thpt_per_gpu'[5] is -1"),
-    "ISL not increasing": ("json", "prefill_raw_data.json", lambda d: d["prefill_isl"].__setitem__(4, 900.0),
+    "missing array": ("json", PJ, lambda d: d.pop("prefill_ttft"), "missing array 'prefill_ttft'"),
+    "wrong shape": ("npz", DECODE_NPZ, lambda d: d.update(z_itl=d["z_itl"].reshape(6, 8)),
+                    "'z_itl' must be a 1-D array"),
+    "lengths differ": ("json", DJ, lambda d: d["z_thpt_per_gpu"].pop(), "lengths differ"),
+    "NaN": ("npz", PREFILL_NPZ, _set("prefill_thpt_per_gpu", 3, np.nan), "'prefill_thpt_per_gpu'[3] is nan"),
+    "negative": ("json", DJ, _set("z_thpt_per_gpu", 5, -1.0), "'z_thpt_per_gpu'[5] is -1"),
+    "ISL not increasing": ("json", PJ, _set("prefill_isl", 4, 900.0),
                            "'prefill_isl' must increase strictly, but [4] = 900 follows 1024"),
-    "TTFT in seconds": ("npz", PREFILL_NPZ, lambda d: d.update(prefill_ttft=d["prefill_ttft"] / 1000), "looks like seconds"),
-    "KV usage in percent": ("json", "decode_raw_data.json", lambda d: d.update(x_kv_usage=[x * 100 for x in d["x_kv_usage"]]),
+    "TTFT in seconds": ("npz", PREFILL_NPZ, lambda d: d.update(prefill_ttft=d["prefill_ttft"] / 1000),
+                        "looks like seconds"),
+    "KV usage in percent": ("json", DJ, lambda d: d.update(x_kv_usage=[x * 100 for x in d["x_kv_usage"]]),
                             "a percentage?"),
     "no KV capacity": ("npz", DECODE_NPZ, lambda d: d.pop("max_kv_tokens"), "missing 'max_kv_tokens'"),
-    "two points at one KV usage": ("json", "decode_raw_data.json", lambda d: d["x_kv_usage"].__setitem__(1, 0.05),
+    "two points at one KV usage": ("json", DJ, _set("x_kv_usage", 1, 0.05),
                                    "two points at x_kv_usage 0.05 for y_context_length 512"),
 }
 
