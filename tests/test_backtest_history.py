@@ -179,6 +179,7 @@ def test_backtest_reports_as_run_beside_pdscaler(prom, tmp_path, capsys):
     assert _backtest(prom.url, tmp_path, "--policies", "as-run,oracle,pdscaler", "--json", str(out)) == 0
     table = capsys.readouterr().out
     assert "backtest of graph chat from Prometheus" in table and "as-run" in table
+    assert "hardware: the emulated H200" in table
     report = json.loads(out.read_text())
     runs = report["policies"]
     assert list(runs) == ["as-run", "oracle", "pdscaler"]
@@ -200,6 +201,7 @@ def test_backtest_reports_as_run_beside_pdscaler(prom, tmp_path, capsys):
     ("http500", "refused the request_rate query (HTTP 500)"),
     ("two-series", "gave 2 series where 1 is expected"),
     ("unknown-graph", "unknown graph 'nope'; configured graphs: chat"),
+    ("short-step", "has no value in 6 of 10 steps: rate() needs two samples in each 60s window"),
     ("both", "give --trace or --prometheus, not both"),
     ("step-dt", "--step (90s) must be a whole multiple of --dt (60s)"),
 ])
@@ -220,6 +222,8 @@ def test_what_stops_a_backtest_from_prometheus_is_one_line(prom, tmp_path, capsy
     elif case == "two-series":
         one = history_of()
         prom.ranges = lambda *a: one(*a) * 2
+    elif case == "short-step":  # a window too short for the scrape interval: most steps without a rate
+        prom.ranges = history_of(rates=[2.0, None, None, 2.0, None, None, 2.0, None, None, 2.0])
     elif case == "unknown-graph":
         extra = ["--graph", "nope"]
     elif case == "both":

@@ -328,6 +328,9 @@ def to_workload(h: History, dt: float = 1.0) -> Replayable:
     present = ~np.isnan(rate[a:b])
     gaps = int((~present).sum())
     r = np.nan_to_num(np.clip(rate[a:b], 0, None))
+    if gaps > (b - a) / 2:
+        raise HistoryError(f"request_rate of graph {h.graph!r} has no value in {gaps} of {b - a} steps: rate() needs "
+                           f"two samples in each {h.step:g}s window; give a --step of at least two scrape intervals")
     if gaps:
         notes.append(f"{gaps} of {b - a} steps without a request_rate sample (taken as no requests)")
     r, note = arrivals(r, h.series[(None, "inflight_requests")], a, b, h.step)
@@ -496,6 +499,7 @@ class HistoryBacktest(Backtest):
         else:
             lines.append("as-run, recorded: no TTFT/ITL histograms of the graph in Prometheus")
         lines.append(self.hardware_note)
+        lines.extend(f"note: {n}" for n in wl.notes[1:])
         return "\n".join(lines)
 
 
