@@ -40,7 +40,7 @@ _MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 def series_result(query: str, series: list[tuple[dict[str, str], float]]) -> list[dict]:
     """An instant vector from `series`: the values of the series the query's first selector matches
     (its label matchers as in PromQL: a missing label is "", regexes anchored at both ends; the metric
-    name is not checked), summed by the labels of its `by (...)` other than le."""
+    name is not checked), summed by the labels of its `by (...)` (but le in a histogram_quantile)."""
     m = _SELECTOR.search(query)
     matchers = [(k, op, re.sub(r"\\(.)", r"\1", v)) for k, op, v in _MATCHER.findall(m.group(1) if m else "")]
 
@@ -53,7 +53,8 @@ def series_result(query: str, series: list[tuple[dict[str, str], float]]) -> lis
         return True
 
     by = re.search(r"by \(([^)]*)\)", query)
-    keys = [k.strip() for k in by.group(1).split(",") if k.strip() != "le"] if by else []
+    quantile = query.lstrip().startswith("histogram_quantile")
+    keys = [k.strip() for k in by.group(1).split(",") if not (quantile and k.strip() == "le")] if by else []
     groups: dict[tuple, float] = {}
     for labels, value in series:
         if selected(labels):

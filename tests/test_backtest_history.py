@@ -99,6 +99,24 @@ def test_range_queries_are_the_ones_serve_sends_with_the_step_as_rate_window(pro
     assert set(h.queries.values()) <= set(prom.seen)
 
 
+def test_without_a_config_the_graph_has_dynamos_defaults(prom):
+    cfg, graph = hist.history_config(None, "demo", "default", prom.url, STEP)
+    assert graph == "demo" and cfg.source.url == prom.url and cfg.source.rate_window == STEP
+    qs = hist.queries(cfg, graph)
+    assert qs[("decode", "ready_workers")] == \
+        'count(dynamo_frontend_worker_active_decode_blocks{dynamo_namespace="default-demo",worker_type="decode"})'
+
+
+def test_the_attainment_dynamos_histograms_recorded(prom):
+    buckets = {"0.1": 10.0, "0.5": 50.0, "1": 90.0, "+Inf": 100.0}
+    prom.series = [({"dynamo_namespace": "prod-chat", "le": le}, n) for le, n in buckets.items()]
+    prom.series.append(({"dynamo_namespace": "prod-other", "le": "+Inf"}, 1000.0))  # another graph's
+    rec = _read(prom.url, slo=(0.75, 0.03)).recorded
+    assert rec["ttft"]["attainment"] == pytest.approx(0.7) and rec["ttft"]["observations"] == 100
+    assert rec["itl"]["attainment"] == pytest.approx(0.03) and rec["itl"]["counts"] == "inter-token gaps"
+    assert rec["ttft"]["query"] in prom.seen and f"[{END - START:.0f}s]" in rec["ttft"]["query"]
+
+
 def test_gaps_in_the_history(prom):
     rates = list(RATES)
     rates[0] = None  # the graph's series start one step late
