@@ -8,9 +8,11 @@ pdscaler_graph_info), `horizon` (forecast horizon shown, s), the SLO lines `ttft
 and `warm_role` (the name of the graph's warm role):
 - pdscaler-overview.json, the operator's view of one serving graph: demand against what was forecast
   for it, the prefill queue and TTFT, KV pressure and ITL, replicas per role, warm capacity,
-  GPUs and GPU-hours, the decisions and their reasons, a strip of scaler health;
+  GPUs and GPU-hours, the decisions and their reasons, the calibrated headroom (when enabled), a
+  strip of scaler health (healthy, source up, data and decision age, data problems, failed decisions);
 - pdscaler-internals.json, the scaler's own health: metrics source, data and decision age, loop
-  durations, gRPC traffic and latency, errors.
+  durations and time per stage, health per process, failed decisions, gRPC traffic and latency,
+  errors, config reloads.
 
 Dynamo's series are selected with dynamo_namespace="$namespace-$graph" (Dynamo's default label, the
 one pdscaler reads unless a graph's `labels` say otherwise); pdscaler's with graph="$graph".
@@ -184,23 +186,36 @@ def _none_if_empty(expr: str, graph_scoped: bool = True) -> str:
 
 def _health_strip() -> list:
     return [
+        _stat("Scaler healthy", "1 while the scaler's decision loop completes its polls and its first answers "
+              "are ready (pdscaler_healthy, per serving process): the same verdict as /healthz, the readiness "
+              "probe, and gRPC health. 0 past stuck_after without a completed poll, or while the decision "
+              "process restarts; KEDA then keeps the last answers. The minimum over the scaler's replicas.",
+              [Q("min(pdscaler_healthy)", "healthy")], w=4,
+              steps=[(None, "red"), (1, "green")],
+              mappings=[_value_map({"0": ("unhealthy", "red"), "1": ("healthy", "green")})]),
         _stat("Metrics source up", "1 when the scaler's last poll of its metrics source (Prometheus or the "
               "scraped /metrics) succeeded (pdscaler_source_up, per scaler process).",
-              [Q("min(pdscaler_source_up)", "source up")], w=6,
+              [Q("min(pdscaler_source_up)", "source up")], w=4,
               steps=[(None, "red"), (1, "green")],
               mappings=[_value_map({"0": ("down", "red"), "1": ("up", "green")})]),
         _stat("Data age", "Age of the observation the latest decision used (pdscaler_data_age_seconds). "
               "Past the config's stale_after the roles are held: never scaled down on stale data.",
-              [Q(f"max(pdscaler_data_age_seconds{{{G}}})", "data age")], unit="s", w=6,
+              [Q(f"max(pdscaler_data_age_seconds{{{G}}})", "data age")], unit="s", w=4,
               steps=[(None, "green"), (60, "orange"), (90, "red")]),
         _stat("Decision age", "Time since the graph's latest decision (pdscaler_decision_age_seconds); "
               "grows past the poll interval when the decision loop is stuck.",
-              [Q(f"max(pdscaler_decision_age_seconds{{{G}}})", "decision age")], unit="s", w=6,
+              [Q(f"max(pdscaler_decision_age_seconds{{{G}}})", "decision age")], unit="s", w=4,
               steps=[(None, "green"), (60, "orange"), (120, "red")]),
         _stat("Data problems", "Problems with the latest data: values dropped as absurd, source errors "
               "(pdscaler_data_problems). `pdscaler explain` lists them.",
-              [Q(f"max(pdscaler_data_problems{{{G}}})", "problems")], w=6,
+              [Q(f"max(pdscaler_data_problems{{{G}}})", "problems")], w=4,
               steps=[(None, "green"), (1, "orange")]),
+        _stat("Failed decisions", "Polls whose decision for this graph raised an error, since each scaler process "
+              "started (pdscaler_decide_errors_total, summed over the scaler's replicas): the graph keeps its "
+              "last decision, the other graphs are decided as usual, and the scaler logs the traceback. 0 = "
+              "none while the scaler exports this graph.",
+              [Q(_none_if_empty(f"sum(pdscaler_decide_errors_total{{{G}}})"), "failed decisions")], w=4,
+              steps=[(None, "green"), (1, "red")]),
     ]
 
 
@@ -226,6 +241,49 @@ def _demand_panel(series: str, label: str) -> timeseries.Panel:
                                                                  value={"fill": "dash", "dash": [4, 4]})])
         .override_by_name("observed", [dm.DynamicConfigValue(id_val="custom.lineWidth", value=2),
                                        dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0)]))
+
+
+HEADROOM_NEEDS = ("the calibrated headroom (forecast.headroom.enabled: true; off by default, and then no "
+                  "headroom figure is exported)")
+HEADROOM_OFF = ("Only with forecast.headroom.enabled: true. It is off by default: the roles are then sized on "
+                "forecast.quantile at each role's target_utilization, pdscaler exports no headroom figure and "
+                "this panel shows No data.")
+
+
+def _headroom_panels() -> list:
+    """The calibrated headroom (scaler/policy/headroom.py): its level per role now and over time, with
+    the settled windows it was learned from (decision figures headroom, headroom_windows)."""
+    fig = f'pdscaler_decision_figure{{{G}, figure="%s"}}'
+    level, windows = fig % "headroom", fig % "headroom_windows"
+    return [
+        _ts("Calibrated headroom per role",
+            "The multiple of the median forecast's need each role is sized on (pdscaler_decision_figure "
+            "figure=headroom, left axis): the slo.attainment quantile of realised peak / plan over the settled "
+            "windows of the last headroom.window, bounded to [headroom.min, headroom.max]; before any evidence "
+            "the prior (headroom.prior, 2x), relaxing towards the evidence as windows settle. Why it moved: "
+            "the settled windows (figure=headroom_windows, right axis, dashed): a step up with no new window "
+            "is a burst's sample leaving or entering the quantile; a climbing count with a falling level is "
+            "the prior losing weight. `pdscaler explain <graph>` gives the same in words (sized on p50 x "
+            "headroom ...). " + HEADROOM_OFF,
+            [Q(level, "{{role}} headroom", needs=HEADROOM_NEEDS),
+             Q(windows, "{{role}} settled windows", needs=HEADROOM_NEEDS)], unit="suffix:x", w=16, minimum=None)
+        .override_by_regexp(".* settled windows", [
+            dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+            dm.DynamicConfigValue(id_val="unit", value="short"),
+            dm.DynamicConfigValue(id_val="min", value=0),
+            dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+            dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [4, 4]})]),
+        _stat("Headroom now",
+              "The latest decision's headroom per role (the multiple of the median forecast's need it sizes on) "
+              "and the settled windows it was learned from (pdscaler_decision_figure figure=headroom, "
+              "headroom_windows). 0 windows = still the prior. " + HEADROOM_OFF,
+              [Q(level, "{{role}}", needs=HEADROOM_NEEDS),
+               Q(windows, "{{role}} windows", needs=HEADROOM_NEEDS)], unit="suffix:x", w=8, h=8)
+        .decimals(2)
+        .override_by_regexp(".* windows", [dm.DynamicConfigValue(id_val="unit", value="short"),
+                                           dm.DynamicConfigValue(id_val="decimals", value=0)])
+        .graph_mode(cm.BigValueGraphMode.NONE),
+    ]
 
 
 def overview() -> db.Dashboard:
@@ -368,6 +426,8 @@ def overview() -> db.Dashboard:
               [Q(_none_if_empty(f"sum by (role, owner_kind, owner) (pdscaler_ownership_conflicts{{{G}}})"),
                  "{{role}} <- {{owner_kind}}/{{owner}}")],
               w=6, h=8, steps=[(None, "green"), (1, "red")]))
+    for p in _headroom_panels():
+        d = d.with_panel(p)
 
     d = d.with_row(_row("Scaler health"))
     for p in _health_strip():
@@ -438,6 +498,41 @@ def internals() -> db.Dashboard:
                "mean fit", needs="a warm start (forecast.warm_start > 0 with a Prometheus source)")],
             unit="s", w=6))
 
+    d = d.with_panel(
+        _ts("Poll time by stage (mean)",
+            "Mean wall time of one poll in each stage of the decision loop over $__rate_interval "
+            "(pdscaler_stage_seconds, stacked): collect (read the metrics source), observe (clean the data, feed "
+            "the forecasters), forecast, decide (capacity, rules), publish (to the answers) and send (the "
+            "decisions and the decision process's /metrics page to the serving process). The stack's top is "
+            "about one poll: compare with the poll interval. The stage that grows with the graphs is the one "
+            "to shard for.",
+            [Q("sum by (stage) (rate(pdscaler_stage_seconds_sum[$__rate_interval])) / "
+               "sum by (stage) (rate(pdscaler_stage_seconds_count[$__rate_interval]))", "{{stage}}")],
+            unit="s", w=12, stack=True))
+    d = d.with_panel(
+        _ts("Decision-loop CPU by stage",
+            "CPU seconds per second (cores) the decision loop's threads spend in each stage "
+            "(pdscaler_stage_cpu_seconds_total, stacked). Wall time well above CPU time in a stage is "
+            "waiting: on the metrics source in collect, on the other process in send.",
+            [Q("sum by (stage) (rate(pdscaler_stage_cpu_seconds_total[$__rate_interval]))", "{{stage}}")],
+            unit="short", w=12, stack=True))
+    d = d.with_panel(
+        _timeline("Scaler health per process",
+                  "pdscaler_healthy per serving process (instance): healthy while its decision loop completes "
+                  "polls and its first answers are ready, as /healthz (the readiness probe) and gRPC health "
+                  "report it. Unhealthy past stuck_after without a completed poll or while the decision process "
+                  "restarts; KEDA keeps the last answers meanwhile.",
+                  [Q("pdscaler_healthy", "{{instance}}")],
+                  [_value_map({"0": ("unhealthy", "red"), "1": ("healthy", "green")})], w=12))
+    d = d.with_panel(
+        _ts("Failed decisions (count since start)",
+            "Polls whose decision for this graph raised an error, counted since each scaler process started "
+            "(pdscaler_decide_errors_total, per instance): a step up is a failed decision; the graph kept "
+            "its last one and the log has the traceback. The count itself, not its rate, so that the first "
+            "failure shows too (the series appears with it). 0 while none happened.",
+            [Q(f"sum by (instance) (pdscaler_decide_errors_total{{{G}}}) "
+               f"or on(instance) sum by (instance) (0 * pdscaler_graph_info{{{G}}})", "{{instance}}")], w=12))
+
     d = d.with_row(_row("gRPC (KEDA external scaler)"))
     d = d.with_panel(
         _ts("gRPC requests by method and code",
@@ -478,6 +573,17 @@ def internals() -> db.Dashboard:
                hide=["Time", "__name__", "job", "instance", "endpoint", "pod", "service", "container"], w=12)
         .override_by_name("Value #A", [dm.DynamicConfigValue(id_val="displayName", value="min")])
         .override_by_name("Value #B", [dm.DynamicConfigValue(id_val="displayName", value="max")]))
+    d = d.with_panel(
+        _ts("Config reloads by result (count since start)",
+            "Reloads of the config file (on SIGHUP, and when a mounted ConfigMap's content changes), counted "
+            "since the scaler started, by result (pdscaler_config_reloads_total): applied (the new config "
+            "runs), unchanged, invalid (did not validate: the old config keeps running, the log has the "
+            "path and value) and failed (valid but could not be applied, e.g. a source that cannot be built). "
+            "Counts, not rates, so that the first reload shows; 'none yet' while there was none.",
+            [Q('sum by (result) (pdscaler_config_reloads_total) or on() '
+               'label_replace(sum(0 * pdscaler_healthy), "result", "none yet", "", "")', "{{result}}")], w=24)
+        .override_by_regexp("invalid|failed", [
+            dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"})]))
     return d
 
 

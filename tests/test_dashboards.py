@@ -81,8 +81,11 @@ def _drop_label_lists(expr: str) -> str:
 def selectors(expr: str) -> list[tuple[str, dict[str, str]]]:
     """(metric, {label: value}) of every vector selector with a metric name."""
     expr = _drop_label_lists(_vars_outside_strings(expr))
+    strings = [m.span() for m in re.finditer(r'"(?:[^"\\]|\\.)*"', expr)]  # e.g. label_replace's arguments
     out = []
     for m in re.finditer(r'(?<![\w.:$])([a-zA-Z_:][\w:]*)\s*(\{((?:[^{}"]|"(?:[^"\\]|\\.)*")*)\})?', expr):
+        if any(a <= m.start() < b for a, b in strings):
+            continue
         name, body = m.group(1), m.group(3)
         rest = expr[m.end():]
         if name in KEYWORDS or rest.lstrip().startswith("("):
@@ -258,3 +261,57 @@ def test_metric_name_extraction() -> None:
          'or on() histogram_quantile(0.9, rate(b_bucket[1m])) offset 5m + vector(0.5)')
     assert metric_names(e) == {"a_total", "b_bucket"}
     assert selectors('c{graph="$graph", role=""} / d') == [("c", {"graph": "$graph", "role": ""}), ("d", {})]
+    assert selectors('label_replace(sum(0 * e{a="b"}), "result", "none", "", "")') == [("e", {"a": "b"})]
+
+
+# ---- the panels of the metrics added last, and the calibrated headroom ------------------------------------
+
+def _panels():
+    for dash in DASHBOARDS:
+        for p in dash["panels"]:
+            if p["type"] != "row":
+                yield dash, p
+
+
+def test_health_reloads_and_failed_decisions_have_panels_the_e2e_must_fill() -> None:
+    """pdscaler_healthy, pdscaler_decide_errors_total and pdscaler_config_reloads_total each on a panel
+    whose description names the metric, in a query that is not optional (the e2e requires data): the
+    counters, whose series appear only with their first increment, fall back to 0 while the scaler
+    exports at all."""
+    required = {e for _, _, e in dashboard_queries("default", "demo")}
+    for metric in ("pdscaler_healthy", "pdscaler_decide_errors_total", "pdscaler_config_reloads_total"):
+        panels = [(d, p) for d, p in _panels() if metric in p["description"]]  # the panels about it
+        assert panels, metric
+        for _, p in panels:
+            assert any(metric in t.get("expr", "") for t in p["targets"]), (metric, p["title"])
+        exprs = [e for _, _, e in dashboard_queries("default", "demo") if metric in e]
+        assert exprs and set(exprs) <= required
+        if metric.endswith("_total"):
+            assert all(" or on(" in e for e in exprs), exprs
+            assert not any("rate(" in e or "increase(" in e for e in exprs), "a rate misses the first increment"
+    # the health strip leads with health and ends with failed decisions, on both dashboards, in one row of 24
+    for dash in DASHBOARDS:
+        strip = [p for p in dash["panels"] if p["type"] == "stat" and p["gridPos"]["h"] == 5]
+        titles = [p["title"] for p in strip]
+        assert titles[0] == "Scaler healthy" and titles[-1] == "Failed decisions", titles
+        assert sum(p["gridPos"]["w"] for p in strip) == 24
+
+
+def test_headroom_panels_are_optional_for_a_stated_reason_and_query_exported_figures() -> None:
+    from scaler import metrics
+
+    headroom = [(d, p) for d, p in _panels() if "headroom" in p["title"].lower()]
+    assert {p["title"] for _, p in headroom} == {"Calibrated headroom per role", "Headroom now"}
+    build.generate()
+    for _, p in headroom:
+        assert "forecast.headroom.enabled" in p["description"] and "off by default" in p["description"]
+        figures = {f for t in p["targets"] for f in re.findall(r'figure="(\w+)"', t["expr"])}
+        assert figures == {"headroom", "headroom_windows"}
+        for t in p["targets"]:
+            assert "forecast.headroom.enabled" in build.OPTIONAL[t["expr"]]
+    # every decision figure a panel queries is one the scaler exports, at the default detail too
+    queried = {f for _, p in _panels() for t in p["targets"]
+               for group in re.findall(r'figure=~?"([^"]+)"', t.get("expr", "")) for f in group.split("|")}
+    assert queried <= set(metrics.FIGURES)
+    shown_by_default = getattr(metrics, "DASHBOARD_FIGURES", metrics.FIGURES)
+    assert queried <= set(shown_by_default), sorted(queried - set(shown_by_default))

@@ -21,7 +21,8 @@ def run(tmp_path_factory):
     from dashboards.queries import dashboard_queries
 
     workdir = tmp_path_factory.mktemp("e2e")
-    queries = sorted({expr for _, _, expr in dashboard_queries(e2e.NAMESPACE, e2e.GRAPH)})
+    # every query, those that may be empty on a healthy system included (they must still run)
+    queries = sorted({expr for _, _, expr in dashboard_queries(e2e.NAMESPACE, e2e.GRAPH, include_optional=True)})
     result = e2e.run(workdir, queries)
     (workdir / "result.json").write_text(result.to_json())
     return result, workdir
@@ -64,11 +65,18 @@ def test_no_target_below_its_floor(run):
 
 
 def test_every_dashboard_query_returns_data(run):
+    """Every query Prometheus answers without error; every one returns data but those the dashboards
+    mark as needing what this run has not (dashboards.build.OPTIONAL, with the reason: cluster reads,
+    the calibrated headroom, which are off here)."""
+    from dashboards.queries import dashboard_queries
+
     result, _ = run
     assert result.queries, "no dashboard queries were run"
     assert result.query_errors == {}
+    required = {expr for _, _, expr in dashboard_queries(e2e.NAMESPACE, e2e.GRAPH)}
+    assert required < set(result.queries)
     empty = sorted(q for q, n in result.queries.items() if n == 0)
-    assert empty == []
+    assert [q for q in empty if q in required] == []
 
 
 def test_the_run_draws_its_picture(run):

@@ -103,7 +103,7 @@ class Backtest:
         ax.set_ylabel("requests / s")
         ax.set_ylim(bottom=0)
         name = Path(self.trace).name
-        ax.set_title(f"backtest {name} ({wl.name}): {n * dt / 3600:.1f} h simulated, SLO TTFT "
+        ax.set_title(f"backtest {name} ({wl.name}): {_fmt_span(n * dt)} simulated, SLO TTFT "
                      f"{ctx.ttft_slo:g} s, ITL {ctx.itl_slo * 1000:g} ms")
         _legend_right(ax)
         styles = _policy_styles(list(self.runs))
@@ -203,6 +203,14 @@ def _fmt_s(s: float) -> str:
     if s >= 60 and s % 60 == 0:
         return f"{s / 60:g} min"
     return f"{s:g} s"
+
+
+def _fmt_span(s: float) -> str:
+    if s < 2 * 3600:
+        return f"{s / 60:.{1 if s < 600 else 0}f} min"
+    if s <= 3 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
 
 
 def _legend_right(ax) -> None:
