@@ -141,6 +141,12 @@ def _on_init(environment: Any, **_: Any) -> None:
     o = _options_of(environment)
     if o is None or isinstance(environment.runner, WorkerRunner):
         return  # workers get the master's options with the first spawn message (see _on_test_start)
+    if o.trace:  # a trace that is neither a file nor a bundled name, or malformed: one line, exit 2, before the run
+        try:
+            resolve_trace(o.trace, o.trace_format or None)
+        except ValueError as e:
+            print(f"locustfile: --trace: {e}", file=sys.stderr)
+            sys.exit(2)
     if o.shape != "none" and environment.shape_class is None:
         shape = SHAPES[o.shape]()
         shape.runner = environment.runner
