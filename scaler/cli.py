@@ -354,6 +354,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load_config(args.file)
     if config is None:
         return 2
+    from scaler.capacity_profile import ProfileError
+
+    for g, gc in config.graphs.items():  # a profile file is read when the scaler starts: read it now
+        if isinstance(gc.profile, str):
+            try:
+                gc.capacity_profile()
+            except (ProfileError, ValueError, OSError) as e:
+                print(f"pdscaler: {args.file}: graphs.{g}.profile: {e}", file=sys.stderr)
+                return 2
     roles = sum(len(g.roles) for g in config.graphs.values())
     print(f"{args.file}: valid ({_count(len(config.graphs), 'graph')}, {_count(roles, 'role')}, "
           f"source {config.source.kind})")

@@ -191,3 +191,12 @@ def test_the_local_loop_emulate_and_serve_the_example(tmp_path):
             d = wait_until(polled, 30, "the scaler's first poll of the emulator", proc=scaler)
             inputs = d["roles"]["decode"]["inputs"]
             assert inputs["kv_block_size"] == 16 and inputs["kv_total_blocks"] > 0  # read from the emulator
+
+
+def test_config_check_reads_the_profile_files(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(example_config_text().replace("    profile: null ", f"    profile: {tmp_path / 'nope.yaml'} ", 1))
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"pdscaler: {path}: graphs.example.profile: cannot read capacity profile {tmp_path / 'nope.yaml'}: "
+                   f"No such file or directory"]
