@@ -397,12 +397,16 @@ class HeadroomConfig(_Model):
     covered the realised peak need in `slo.attainment` of recent windows, at the profile's full
     capacity, instead of the `quantile` forecast at `target_utilization`."""
 
-    enabled: bool = Field(False, description="false: size on forecast.quantile at each role's target_utilization")
+    enabled: bool = Field(True, description="false: size on forecast.quantile at each role's target_utilization")
     prior: float = Field(2.0, ge=1, description="the headroom before any evidence (a cold start)")
     prior_weight: Duration = Field(3600.0, ge=0, description="the prior weighs as much as this many seconds of windows")
     window: Duration = Field(86400.0, gt=0, description="the headroom is learned from the windows of this long")
     min: float = Field(1.0, gt=0, description="bounds of the headroom")
     max: float = Field(64.0, gt=0)
+    feedback_rate: float = Field(0.05, ge=0, description="attainment feedback (scaler/policy/attainment.py): a poll "
+                                 "breaking its latency SLO raises the gain by exp(rate x attainment), one meeting it lowers "
+                                 "it by exp(rate x (1 - attainment)), weighted by the poll's requests; 0 = off")
+    gain_max: float = Field(8.0, ge=1, description="bound of the attainment feedback's gain on the headroom")
 
 
 class ForecastConfig(_Model):

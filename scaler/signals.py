@@ -58,6 +58,7 @@ SIGNALS: tuple[Signal, ...] = (
         "decode_tokens_per_s", "graph", "osl", "rate_sum", "tokens/s", "output tokens requested per second", hi=1e10
     ),
     Signal("isl_mean", "graph", "isl", "mean", "tokens", "mean input sequence length", hi=1e7),
+    Signal("isl_p99", "graph", "isl", "quantile", "tokens", "p99 input sequence length", hi=1e7, quantile=0.99),
     Signal("osl_mean", "graph", "osl", "mean", "tokens", "mean output sequence length", hi=1e7),
     Signal("queued_requests", "graph", "queued", "sum", "requests", "requests waiting for their first token", hi=1e7),
     Signal("inflight_requests", "graph", "inflight", "sum", "requests", "requests in the graph", hi=1e7),

@@ -1,6 +1,7 @@
 """The decision pipeline end to end through the embedding API: forecast above the reactive need,
 safety net, floors, stabilisation, no cascade, ratio, GPU budget, the warm role, advisory mode."""
 
+import math
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -99,17 +100,22 @@ def test_scale_up_window_delays_a_rise_and_scale_down_window_holds_a_fall():
     assert d.replicas["prefill"] == low
 
 
-def test_no_cascade_while_replicas_are_starting_but_safety_net_overrides():
+def test_no_cascade_holds_the_queue_while_replicas_start_not_the_arriving_demand():
     e = Engine(config(forecast={"enabled": False}))
     d, t = feed(e, [80.0] * 2, ready={"prefill": 1, "decode": 1})
     asked = d.replicas["prefill"]
-    assert asked > 1
-    # Still starting (ready 1 of `asked`) while demand grows: hold, do not pile on.
+    assert asked == math.ceil(reactive_prefill(80.0))
+    # Still starting (ready 1 of `asked`) while the queue they are meant for grows: hold, do not pile on.
+    d, t = feed(e, [80.0] * 2, t0=t + 15, ready={"prefill": 1, "decode": 1}, queued=2_000_000.0)
+    rd = d.roles["prefill"]
+    assert rd.replicas == asked and rd.reason.rule == "no-cascade"
+    assert rd.reason.figures["reactive_replicas"] > asked + 1  # the queue alone would have asked for more
+    # The ARRIVING demand grows while they start: that need is not queued behind them, it is acted on.
     d, t = feed(e, [120.0] * 2, t0=t + 15, ready={"prefill": 1, "decode": 1})
-    assert d.replicas["prefill"] == asked and d.roles["prefill"].reason.rule == "no-cascade"
-    # Once they are ready the new need is acted on.
-    d, t = feed(e, [120.0], t0=t + 15, ready={"prefill": asked, "decode": 1})
-    assert d.replicas["prefill"] > asked
+    assert d.replicas["prefill"] == math.ceil(reactive_prefill(120.0)) > asked
+    # Once they are ready the queue's need is acted on too.
+    d, t = feed(e, [120.0], t0=t + 15, ready={"prefill": 8, "decode": 1}, queued=2_000_000.0)
+    assert d.replicas["prefill"] > math.ceil(reactive_prefill(120.0))
 
 
 def test_scheduled_floor_in_its_time_zone():
@@ -320,7 +326,10 @@ def test_no_cascade_compares_with_the_replicas_asked_for_not_its_own_last_target
     assert d.replicas["prefill"] == 18  # asked for; the HPA does not act on it (within its tolerance)
     d = poll(30.0, 22.0 * 32_000 / 2000)
     assert d.replicas["prefill"] == 22 and d.roles["prefill"].reason.rule == "capacity"
-    running["ready_replicas"] = 15.0  # two replicas of the 17 asked for are starting: hold at 17
-    d = poll(45.0, 25.0 * 32_000 / 2000)
+    running["ready_replicas"] = 15.0  # two replicas of the 17 asked for are starting: a queue is held at 17
+    o = obs(45.0, 17.0 * 32_000 / 2000, queued=3_000_000.0)
+    o.roles["prefill"].update(running)
+    e.observe(o)
+    d = e.decide(46.0)
     assert d.replicas["prefill"] == 17 and d.roles["prefill"].reason.rule == "no-cascade"
 

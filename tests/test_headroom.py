@@ -82,3 +82,106 @@ def test_the_engine_sizes_on_the_median_times_the_headroom_and_says_so():
     assert rd.reason.figures["headroom"] == pytest.approx(3.0, rel=0.05)
     assert rd.reason.rule == "forecast" and "p50 x headroom" in rd.reason.message
     assert 5 <= rd.replicas <= 7
+
+
+def test_evidence_above_the_prior_counts_at_once_below_it_the_prior_relaxes_slowly():
+    """A cold start: the prior is a floor until evidence shows less is enough, never a cap on what
+    the first bursts showed."""
+    cfg = HeadroomConfig(enabled=True, prior=2.0, prior_weight=3600.0)
+    high = Headroom(cfg, 0.99, POLL)
+    run(high, np.full(10, 1.0), np.full(10, 12.0), np.full(10, 100.0))  # a few windows at 12x the plan
+    assert high.headroom() == pytest.approx(12.0, rel=0.02)
+    low = Headroom(cfg, 0.99, POLL)
+    run(low, np.full(10, 10.0), np.full(10, 10.0), np.full(10, 100.0))  # a few windows exactly on plan
+    assert 1.9 < low.headroom() < 2.0  # the prior still weighs ~96 %
+
+
+# --- attainment feedback (scaler/policy/attainment.py) ------------------------------------------------
+
+from scaler.capacity_profile import flat_profile as _flat  # noqa: E402
+from scaler.policy.attainment import AttainmentFeedback, ttft_limit  # noqa: E402
+
+
+def flat_profile(tokens_per_s=40_000.0):
+    return _flat(tokens_per_s, 10_000.0, 1e6)
+
+
+def test_ttft_limit_is_net_of_the_long_prompts_own_prefill_time():
+    p = flat_profile()
+    assert ttft_limit(0.5, {}, p) == 0.5  # no ISL signal: the SLO
+    assert ttft_limit(0.5, {"isl_mean": 2000.0, "isl_p99": 8000.0}, p) == 0.5  # own p99 0.2 s: the SLO
+    # p99 prompt 80k tokens = 2 s of its own prefill, plus the 0.45 s of queueing the SLO leaves a 2k prompt
+    assert ttft_limit(0.5, {"isl_mean": 2000.0, "isl_p99": 80_000.0}, p) == pytest.approx(2.45)
+
+
+def test_feedback_rises_on_capacity_breaches_and_decays_back_within_bounds():
+    f = AttainmentFeedback(0.99, rate=0.2, gain_max=3.0)
+    assert f.gain == 1.0
+    f.observe(None, 0.5, 100.0)  # no data: no evidence
+    f.observe(0.3, 0.5, 0.0)  # no traffic: no evidence
+    assert f.gain == 1.0 and "no poll" in f.why()
+    for _ in range(3):
+        f.observe(2.0, 0.5, 100.0)
+    assert f.gain == pytest.approx(np.exp(3 * 0.2 * 0.99))
+    for _ in range(20):
+        f.observe(9.0, 0.5, 100.0)
+    assert f.gain == 3.0  # bounded
+    good = 0
+    while f.gain > 1.0:
+        f.observe(0.2, 0.5, 100.0)
+        good += 1
+    # Down by rate x (1 - attainment) per good poll: ~99 good polls undo one breach.
+    assert 0.9 * np.log(3.0) / (0.2 * 0.01) < good < 1.1 * np.log(3.0) / (0.2 * 0.01) + 1
+    assert f.gain == 1.0  # never below 1: it only corrects a shortfall
+
+
+def test_feedback_weighs_quiet_polls_less():
+    loud, quiet = AttainmentFeedback(0.99, 0.2, 8.0), AttainmentFeedback(0.99, 0.2, 8.0)
+    for f in (loud, quiet):
+        for _ in range(50):
+            f.observe(0.2, 0.5, 100.0)  # the usual poll: 100 requests
+    loud.observe(2.0, 0.5, 100.0)
+    quiet.observe(2.0, 0.5, 5.0)
+    assert loud.gain == pytest.approx(np.exp(0.2 * 0.99))
+    assert 1.0 < quiet.gain < 1.02
+
+
+def engine_with_feedback():
+    from scaler.engine import Engine
+    from scaler.config import ScalerConfig
+
+    cfg = ScalerConfig.model_validate({
+        "forecast": {"model": "holt", "headroom": {"enabled": True, "prior": 1.0, "feedback_rate": 0.5}},
+        "graphs": {"g": {"roles": {"prefill": {"kind": "prefill", "max_replicas": 100}, "decode": {"kind": "decode"}}}},
+    })
+    return Engine(cfg)
+
+
+def poll(e, t, ttft_p99, isl_p99=2000.0, ready=10.0, desired=10.0):
+    from scaler.observation import Observation
+
+    o = Observation("g", t, {"request_rate": 100.0, "isl_mean": 2000.0, "isl_p99": isl_p99, "osl_mean": 100.0,
+                             "kv_block_size": 16.0, "ttft_p99": ttft_p99},
+                    {"prefill": {"prefill_queued_tokens": 0.0, "ready_workers": ready, "ready_replicas": ready,
+                                 "desired_replicas": desired},
+                     "decode": {"kv_active_blocks": 0.0, "ready_workers": 2.0}})
+    e.observe(o)
+    return e.decide(t + 1).roles["prefill"].reason
+
+
+def test_the_engine_raises_the_gain_on_capacity_misses_only():
+    # TTFT breaches on a loaded pool: the gain rises and the reason says why.
+    e = engine_with_feedback()
+    for i in range(6):
+        r = poll(e, i * 15.0, ttft_p99=3.0)
+    assert r.figures["attainment_gain"] > 2.0 and "attainment gain" in r.message
+    # The same TTFT from 200k-token prompts (5 s of their own prefill): no replica would fix it.
+    e = engine_with_feedback()
+    for i in range(6):
+        r = poll(e, i * 15.0, ttft_p99=3.0, isl_p99=200_000.0)
+    assert r.figures["attainment_gain"] == 1.0
+    # Breaches while replicas asked for are still starting are the start-up's, not the sizing's.
+    e = engine_with_feedback()
+    for i in range(6):
+        r = poll(e, i * 15.0, ttft_p99=3.0, ready=10.0, desired=14.0)
+    assert r.figures["attainment_gain"] == 1.0

@@ -55,6 +55,11 @@ def test_no_cascade_while_replicas_start():
     assert hold_while_starting(9, desired=6, ready=6) == (9, None)
     assert hold_while_starting(4, desired=6, ready=3) == (4, None)  # scaling down is not held here
     assert hold_while_starting(9, desired=None, ready=None) == (9, None)
+    # What the arriving or forecast demand needs without the queue is not held: it is not waiting
+    # behind the starting replicas.
+    v, note = hold_while_starting(12, desired=6, ready=3, unqueued=9)
+    assert v == 9 and "without the queue needs 9" in note
+    assert hold_while_starting(9, desired=6, ready=3, unqueued=10) == (9, None)
 
 
 def test_budget_scales_down_proportionally_and_keeps_floors():

@@ -1,22 +1,32 @@
-"""No cascade: no new scale-up while replicas asked for earlier are still starting.
+"""No cascade: no new scale-up for the same queue while replicas asked for earlier are still starting.
 
 A replica takes minutes to start; until it reports ready the load it was meant for is still queued,
-and a naive rule would ask for yet more replicas for the same load. While desired > ready, a role's
-target may not rise above the replicas already asked for (the reactive safety net may override).
-"Asked for" is what the scale subresource says (desired_replicas, read from the cluster) when known,
-else the engine's own last target.
+and a naive rule would ask for yet more replicas for the same queue. While desired > ready, a role's
+target may not rise above the replicas already asked for, EXCEPT as far as the demand still arriving
+or forecast needs (the need without the backlog: it does not pile up behind the starting replicas,
+and holding it let the need grow unserved for a whole start-up, measured on Azure conv). The reactive
+safety net may override. "Asked for" is what the scale subresource says (desired_replicas, read from
+the cluster) when known, else the engine's own last target.
 """
 
 from __future__ import annotations
+
+import math
 
 from scaler.policy.context import RoleContext, Target
 from scaler.policy.rule import Rule
 
 
-def hold_while_starting(target: int, desired: int | None, ready: int | None) -> tuple[int, str | None]:
-    if desired is None or ready is None or ready >= desired or target <= desired:
+def hold_while_starting(target: int, desired: int | None, ready: int | None,
+                        unqueued: int = 0) -> tuple[int, str | None]:
+    """`unqueued`: the replicas the arriving and forecast demand need without the backlog (never held)."""
+    if desired is None or ready is None or ready >= desired or target <= max(desired, unqueued):
         return target, None
-    return desired, f"{desired - ready} replicas still starting: holding at {desired} until they are ready"
+    held = max(desired, unqueued)
+    note = f"{desired - ready} replicas still starting: holding at {held} until they are ready"
+    if unqueued > desired:
+        note += f" (the demand without the queue needs {unqueued})"
+    return held, note
 
 
 class NoCascade:
@@ -32,6 +42,8 @@ class NoCascade:
         desired = ctx.role_signals.get("desired_replicas")
         desired = int(desired) if desired is not None else ctx.current
         ready = ctx.ready
-        v, note = hold_while_starting(t.value, desired, int(ready) if ready is not None else None)
+        unqueued = max(t.figures.get("arriving_replicas", 0.0), t.figures.get("predictive_replicas", 0.0))
+        v, note = hold_while_starting(t.value, desired, int(ready) if ready is not None else None,
+                                      math.ceil(unqueued - 1e-9))
         if note:
             t.bind(v, Rule.NO_CASCADE, note)

@@ -73,6 +73,11 @@ class Headroom:
         [now + lead, now + lead + window]."""
         self._pending.append([now + lead_s, now + lead_s + window_s, planned, -1.0, 0.0])
 
+    def size(self, planned: np.ndarray) -> np.ndarray:
+        """The replicas to size on for `planned` (median forecast, full capacity, per horizon): the plan
+        (at least one replica) times the headroom."""
+        return np.maximum(planned, 1.0) * self.headroom()
+
     def headroom(self) -> float:
         """The multiple of the planned need to size on now."""
         n = len(self._samples)
@@ -82,7 +87,9 @@ class Headroom:
             cum = np.cumsum(self._weights)
             k = int(np.searchsorted(cum, self.level * cum[-1], side="left"))
             empirical = math.exp(_LO + k * _BIN)
-            w = self._prior_n / (self._prior_n + n)
+            # Conservative: evidence above the prior counts in full at once; below it, the prior
+            # relaxes towards the evidence as settled windows accumulate.
+            w = self._prior_n / (self._prior_n + n) if empirical < self.config.prior else 0.0
             self.value = w * self.config.prior + (1 - w) * empirical
         self.value = min(self.config.max, max(self.config.min, self.value))
         return self.value

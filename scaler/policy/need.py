@@ -29,6 +29,7 @@ from scaler.capacity import (
     prefill_need,
 )
 from scaler.correction import CapacityCorrection
+from scaler.policy.attainment import AttainmentFeedback, ttft_limit
 from scaler.policy.context import RoleContext, Target, load_of
 from scaler.policy.forecast_cap import ForecastCap
 from scaler.policy.headroom import Headroom
@@ -44,7 +45,9 @@ class Need:
     def __init__(self, forecast: "ForecastConfig", attainment: float, poll_s: float) -> None:
         self.correction = CapacityCorrection()
         self.forecast_cap = ForecastCap(forecast.max_growth, forecast.growth_window)
-        self.headroom = Headroom(forecast.headroom, attainment, poll_s) if forecast.headroom.enabled else None
+        hc = forecast.headroom
+        self.headroom = Headroom(hc, attainment, poll_s) if hc.enabled else None
+        self.feedback = AttainmentFeedback(attainment, hc.feedback_rate, hc.gain_max) if hc.enabled else None
         self.poll_s = poll_s
 
     def size(self, ctx: RoleContext) -> Target:
@@ -64,17 +67,23 @@ class Need:
         # The cap's reference is the need of the ARRIVING demand (a drained backlog is not traffic).
         arriving = max(0.0, reactive.replicas - reactive.figures.get("backlog_tokens_per_s", 0.0) / max(
             reactive.figures.get("usable_tokens_per_s_per_replica", 1.0), 1e-9))
+        cap_ref = arriving
         if self.headroom:
             requests = ctx.signals.get("request_rate", 0.0) * self.poll_s
             self.headroom.observe(ctx.now, reactive.replicas, requests)
             planned = needs[window][np.isfinite(needs[window])]
             if planned.size:
                 self.headroom.plan(ctx.now, ctx.warm_s, ctx.graph.decision_window, float(planned.max()))
-            hr = self.headroom.headroom()
-            needs = np.maximum(needs, 1.0) * hr
-            figures |= {"headroom": hr, "headroom_windows": float(self.headroom.samples)}
-            sized_on = f"p50 x headroom {hr:.2f} ({self.headroom.why()})"
-        needs, cap = self.forecast_cap.apply(ctx.now, arriving, needs)
+            self._feedback(ctx, requests)
+            gain = self.feedback.gain
+            needs = self.headroom.size(needs) * gain
+            hr = self.headroom.value
+            # The cap's reference is then the need realised (a backlog included: the headroom is sized
+            # on the peaks it leaves), as the feedback corrects it.
+            cap_ref = reactive.replicas * gain
+            figures |= {"headroom": hr, "headroom_windows": float(self.headroom.samples), "attainment_gain": gain}
+            sized_on = f"p50 x headroom {hr:.2f} ({self.headroom.why()}; {self.feedback.why()})"
+        needs, cap = self.forecast_cap.apply(ctx.now, cap_ref, needs)
         finite = needs[window][np.isfinite(needs[window])]
         predictive = float(finite.max()) if finite.size else None
 
@@ -88,6 +97,7 @@ class Need:
             message = f"observed demand needs {reactive.replicas:.2f} replicas ({reactive.term})"
             if predictive is not None:
                 message += f"; forecast needs no more ({predictive:.2f})"
+        figures["arriving_replicas"] = arriving
         if predictive is not None:
             figures["predictive_replicas"] = predictive
         if cap is not None:
@@ -98,6 +108,18 @@ class Need:
         t.note(rule, f"{t.value} ({message})")
         return t
 
+    def _feedback(self, ctx: RoleContext, requests: float) -> None:
+        """This poll's latency verdict, net of what no replica can shorten (attainment.py)."""
+        g, slo = ctx.signals, ctx.graph.slo
+        desired, ready = ctx.role_signals.get("desired_replicas"), ctx.ready
+        if desired is not None and ready is not None and ready < desired:
+            return  # replicas asked for are still starting: a miss now is the start-up's, not the sizing's
+        if ctx.kind == "prefill":
+            limit = ttft_limit(slo.ttft_s, g, ctx.profile, self.correction.factor)
+            self.feedback.observe(g.get("ttft_p99"), limit, requests)
+        else:
+            self.feedback.observe(g.get("itl_p99"), slo.itl_s, requests)
+
     def _reactive(self, ctx: RoleContext, u: float | None) -> tuple[CapacityNeed, PrefillDemand | DecodeDemand]:
         """The observed demand's need; the correction learns from the observed latency at this load."""
         g, r, profile = ctx.signals, ctx.role_signals, ctx.profile
@@ -106,7 +128,9 @@ class Need:
             need = prefill_need(demand, profile.prefill, ctx.config.prefill, self.correction.factor, u)
             load = load_of(need.figures.get("arrival_tokens_per_s"), need.figures.get("tokens_per_s_per_replica"),
                            r.get("ready_workers"))
-            self.correction.update(ctx.now, g.get("ttft_p99"), ctx.graph.slo.ttft_s, load)
+            # Judged net of the long prompts' own prefill time, which no capacity factor explains.
+            limit = ttft_limit(ctx.graph.slo.ttft_s, g, profile, self.correction.factor)
+            self.correction.update(ctx.now, g.get("ttft_p99"), limit, load)
         else:
             demand = observed_decode_demand(g, r, profile.decode.kv_tokens)
             need = decode_need(demand, profile.decode, ctx.config.decode, self.correction.factor, u)

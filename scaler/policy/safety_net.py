@@ -7,6 +7,9 @@ capacity above this reactive need, never less.
 
 Two guards keep it from running away (measured: without them a p99 that stays high for a window
 after a burst compounded x1.5 per poll up to max_replicas):
+- a TTFT breach is judged net of the long prompts' own prefill time (attainment.ttft_limit: where the
+  p99 prompt alone takes longer than the SLO, against that time plus the mean prompt's queueing
+  slack): on Mooncake's long prompts the net fired every ~330 s with an empty queue;
 - a LATENCY breach (p99 TTFT, p99 ITL) counts only while the role is loaded (demand >= `min_load`
   of the ready replicas' capacity, queued work included): a slow p99 on an idle pool comes from long
   prompts or a stale window, and more replicas would not fix it. Queue and KV-usage breaches always
@@ -21,9 +24,10 @@ after a burst compounded x1.5 per poll up to max_replicas):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Mapping
 
+from scaler.policy.attainment import ttft_limit
 from scaler.policy.context import RoleContext, Target, load_of
 from scaler.policy.rule import Rule
 
@@ -88,7 +92,13 @@ class SafetyNet:
         total = t.figures.get("demand_tokens_per_s", t.figures.get("decode_tokens_per_s"))
         ready = ctx.ready
         loaded = load_of(total, t.figures.get("tokens_per_s_per_replica"), ready)
-        breached = breaches(ctx.kind, self.limits, ctx.signals, ctx.role_signals,
+        limits = self.limits
+        if ctx.kind == "prefill" and limits.ttft_p99_s is not None:
+            # Net of the long prompts' own prefill time (attainment.ttft_limit): more replicas would not
+            # shorten it.
+            own = ttft_limit(limits.ttft_p99_s, ctx.signals, ctx.profile, t.figures.get("capacity_correction", 1.0))
+            limits = replace(limits, ttft_p99_s=own)
+        breached = breaches(ctx.kind, limits, ctx.signals, ctx.role_signals,
                             loaded=loaded is None or loaded >= net.min_load)
         if not breached:
             return

@@ -8,7 +8,8 @@ them from Dynamo's metrics:
 - counters as rates over the window: request_rate, prefill_tokens_per_s (= rate(ISL_sum)),
   decode_tokens_per_s (= rate(OSL_sum)); means = rate(_sum) / rate(_count): isl_mean, osl_mean,
   ttft_mean, itl_mean (absent when nothing happened in the window, as 0/0 in PromQL);
-- histogram quantiles over the window: ttft_p99 (weighted by the requests arriving in each step;
+- histogram quantiles over the window: isl_p99 (of the steps' mean input lengths, weighted by their
+  arrivals: the fluid model's TTFT is per step too), ttft_p99 (weighted by the requests arriving in each step;
   Prometheus records a TTFT at the first token, a few hundred ms later: the same window to within a
   step), itl_p99 (weighted by the tokens decoded in each step, with the decode wait of a stalled
   step spread over the output tokens). Quantiles are exact, not interpolated between histogram
@@ -112,6 +113,7 @@ class Telemetry:
             out["osl_mean"] = tok_out / n_arr
             out["ttft_mean"] = float((ttft * arr).sum() / n_arr)
             out["ttft_p99"] = weighted_quantile(ttft, arr, 0.99)
+            out["isl_p99"] = weighted_quantile(c["isl"][a:i], arr, 0.99)
         dec = c["decoded"][a:i]
         n_dec = float(dec.sum())
         if n_dec > 0:
