@@ -56,6 +56,28 @@ class DemandForecast:
         return out
 
 
+def warm_start_many(forecasters: Sequence["DemandForecaster"],
+                    histories: Sequence[Mapping[str, tuple[np.ndarray, np.ndarray]]],
+                    min_batch: int = 64) -> list[list[str]]:
+    """`forecasters[i].warm_start(histories[i])` for all i, the models fitted together where they can
+    be (forecasting/fleet_fit.py: same state as one by one, far less CPU for many series; groups of
+    fewer than `min_batch` series are fitted one by one, which is cheaper for a few)."""
+    from forecasting.fleet_fit import fit_many
+
+    models, hists, out = [], [], []
+    for f, history in zip(forecasters, histories):
+        fitted = []
+        for name, (t, y) in history.items():
+            if name in f.models and len(t):
+                models.append(f.models[name])
+                hists.append((np.asarray(t, float), np.asarray(y, float)))
+                fitted.append(name)
+                f.last_t = max(f.last_t or -math.inf, float(t[-1]))
+        out.append(fitted)
+    fit_many(models, hists, min_batch=min_batch)
+    return out
+
+
 def fluid_queue(q0: float, demand: np.ndarray, capacity: float, dt: float) -> np.ndarray:
     """Queue depth (tokens) after each step of a fluid queue fed at `demand` (tokens/s per step)
     and drained at `capacity` tokens/s, starting from q0 tokens."""
@@ -103,9 +125,11 @@ class DemandForecaster:
         self.isl, self.osl, self.itl = _Ewma(0.2), _Ewma(0.2), _Ewma(0.2)
         self.kv_correction = _Ewma(0.1)
         self.points = 0
+        self._pending: list[tuple[float, dict]] | None = None  # points kept during a warm start elsewhere
 
     def warm_start(self, history: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
-        """Fit each series on its history (timestamps, values); returns the series that were fitted."""
+        """Fit each series on its history (timestamps, values); returns the series that were fitted.
+        (One series at a time; `warm_start_many` fits many forecasters' series together.)"""
         fitted = []
         for name, (t, y) in history.items():
             if name in self.models and len(t):
@@ -113,6 +137,28 @@ class DemandForecaster:
                 fitted.append(name)
                 self.last_t = max(self.last_t or -math.inf, float(t[-1]))
         return fitted
+
+    def begin_warm_start(self) -> None:
+        """The models are being fitted elsewhere (a warm-start worker, scaler/warm_fleet.py): keep the
+        points observed from now on, to replay them into the fitted models when they are adopted."""
+        self._pending = []
+
+    def adopt(self, models: Mapping[str, Forecaster], last_t: float | None) -> list[str]:
+        """Take models fitted on history up to `last_t` (by `warm_start` in another process), then
+        replay the points observed since `begin_warm_start` that are later than that history: the
+        same state as fitting here, had the fit taken no time. Returns the series adopted."""
+        pending, self._pending = self._pending or [], None
+        adopted = [name for name in models if name in self.models]
+        for name in adopted:
+            self.models[name] = models[name]
+        if last_t is not None and adopted:
+            self.last_t = max(self.last_t or -math.inf, float(last_t))
+        for t, values in pending:
+            if last_t is None or t > last_t:
+                for name in adopted:
+                    v = values.get(name)
+                    self.models[name].update(t, math.nan if v is None else float(v))
+        return adopted
 
     def observe(self, t: float, values: Mapping[str, float | None], kv_tokens_in_use: float | None = None) -> None:
         """One observation: the forecast series (missing ones as None/NaN), plus what the derivations use
@@ -124,6 +170,8 @@ class DemandForecaster:
         for name, model in self.models.items():
             v = values.get(name)
             model.update(t, math.nan if v is None else float(v))
+        if self._pending is not None:  # a warm start elsewhere: replayed into its models (adopt)
+            self._pending.append((t, {name: values.get(name) for name in self.models}))
         self.isl.update(values.get("isl_mean"))
         self.osl.update(values.get("osl_mean"))
         self.itl.update(values.get("itl_mean"))

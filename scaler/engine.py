@@ -120,10 +120,20 @@ class Engine:
                 adopted.append(role)
         return adopted
 
-    def warm_start(self, graph: str, history: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
-        """Fit the graph's forecasts on history (series name -> (timestamps, values)); returns what was fitted."""
+    def warm_start(self, graph: str, history: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, *,
+                   fitted: tuple[Mapping, float | None] | None = None, pending: bool = False) -> list[str]:
+        """Fit the graph's forecasts on history (series name -> (timestamps, values)); returns what was fitted.
+        A fleet's warm start fits in worker processes (scaler/warm_fleet.py): `pending=True` when the
+        graph's fit starts there (the points observed meanwhile are kept), `fitted=(models, last_t)` to
+        adopt its models (those points replayed into them)."""
         self.graph_config(graph)
-        return self._forecasters[graph].warm_start(history)
+        forecaster = self._forecasters[graph]
+        if pending:
+            forecaster.begin_warm_start()
+            return []
+        if fitted is not None:
+            return forecaster.adopt(*fitted)
+        return forecaster.warm_start(history or {})
 
     def forecast(self, now: float, graph: str, horizons: list[float] | None = None) -> DemandForecast:
         return self._forecasters[graph].forecast(now, horizons or [self.config.forecast.horizon])

@@ -58,6 +58,9 @@ class DecisionLoop:
         self.polled = False  # a poll completed
         self._lock = threading.RLock()  # engine state: tick vs reload vs adoption (other threads)
         self._pending_warm: list[str] = []
+        self._fleet = None  # a fleet warm start in worker processes (scaler/warm_fleet.py)
+        self._fleet_engine: Engine | None = None
+        self._fleet_failed = False  # the workers could not start: warm starts in the loop
         self._notes: dict[str, tuple[str, ...]] = {}  # the data problems last logged, per graph
         # (graph, role) whose answer is more than the floor held for want of data (adopted, or decided
         # on data); `ready` once all are.
@@ -285,6 +288,67 @@ class DecisionLoop:
             return {}
         return {g: self.warm_start_graph(g) for g in self.engine.graphs}
 
+    def _start_fleet_warm(self) -> None:
+        """A fleet read from Prometheus: fit the pending graphs in worker processes (scaler/warm_fleet.py);
+        the loop adopts their models between polls (`_adopt_fleet_warm`)."""
+        from scaler.warm_fleet import FLEET_MIN_GRAPHS, FleetWarmStart
+
+        with self._lock:
+            if (self._fleet_failed or len(self._pending_warm) < FLEET_MIN_GRAPHS
+                    or not hasattr(self.source, "history_many")):
+                return
+            graphs = list(self._pending_warm)
+            for g in graphs:  # the points observed from now on are replayed into the fitted models
+                self.engine.warm_start(g, pending=True)
+            end = self.time.wall()
+            offset = end - self.time.now()
+            engine = self.engine
+        try:
+            self._fleet = FleetWarmStart(engine.config, graphs, end, offset)
+            self._fleet_engine = engine
+            log.info("warm start of %d graphs in worker processes", len(graphs))
+        except Exception as e:  # no worker: the loop warm-starts them one at a time
+            log.warning("warm start workers failed to start (%s); warm-starting in the loop", e)
+            self._fleet_failed = True
+            with self._lock:
+                for g in graphs:
+                    engine.warm_start(g, fitted=({}, None))
+
+    def _adopt_fleet_warm(self) -> None:
+        """Adopt the models of the chunks the workers finished (between polls)."""
+        fleet = self._fleet
+        if fleet is None:
+            return
+        if self._fleet_engine is not self.engine:  # reloaded: the workers fit the old configuration
+            fleet.close()
+            self._fleet = None
+            return  # started again for the new one (run)
+        for graphs, fitted, error, wall in fleet.finished():
+            with self._lock:
+                for g in graphs:
+                    if g not in self.engine.graphs:
+                        continue
+                    models, last_t = (fitted or {}).get(g, ({}, None))
+                    try:
+                        got = self.engine.warm_start(g, fitted=(models, last_t))
+                    except Exception as e:
+                        log.warning("warm start of %s failed to adopt: %s", g, e)
+                        got = []
+                    if error is None:
+                        log.info("warm start of %s: fitted %s", g, ", ".join(got) or "nothing (no history)")
+                done = set(graphs)
+                self._pending_warm = [g for g in self._pending_warm if g not in done]
+            if error is not None:
+                log.warning("warm start of %d graphs failed in a worker: %s", len(graphs), error)
+            elif self.metrics is not None:  # the chunk's time in the worker (query and fit), per graph
+                for g in graphs:
+                    self.metrics.fit_seconds.labels(g).observe(wall / max(1, len(graphs)))
+        if fleet.done:
+            log.info("warm start of the fleet done in %.0f s (%.0f CPU-s in workers)",
+                     time.monotonic() - fleet.started, fleet.cpu_s)
+            fleet.close()
+            self._fleet = None
+
     def warm_start_graph(self, graph: str) -> list[str]:
         """Fit one graph's forecasts on the last `forecast.warm_start` of history; never fatal."""
         fc = self.engine.config.forecast
@@ -320,12 +384,16 @@ class DecisionLoop:
         # Warm starts run between polls, up to half of each interval, so that decisions flow from the
         # first poll even when fitting hundreds of graphs on their history takes minutes.
         self._pending_warm = list(self.engine.graphs) if self.can_warm_start() else []
+        self._start_fleet_warm()
         clock = self.time  # monotonic: a wall clock set back or forward changes nothing here
         next_at = clock.now()
         while not self._stop.is_set():
             self.tick()
             budget_end = time.monotonic() + 0.5 * self.interval / speed(self.clock)
-            while not self._stop.is_set() and time.monotonic() < budget_end:
+            self._adopt_fleet_warm()
+            if self._fleet is None and self._pending_warm:
+                self._start_fleet_warm()  # (again, after a reload)
+            while self._fleet is None and not self._stop.is_set() and time.monotonic() < budget_end:
                 with self._lock:
                     if not self._pending_warm:
                         break
@@ -346,6 +414,8 @@ class DecisionLoop:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout)
+        if self._fleet is not None:
+            self._fleet.close()
 
 
 def _generic(note: str) -> str:
