@@ -54,6 +54,77 @@ FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
+class _Fam:
+    """A gauge family as rows of (label values, value): the decision series are thousands of samples a
+    scrape, and prometheus_client's GaugeMetricFamily and text formatting cost ~10x writing them here."""
+
+    __slots__ = ("name", "documentation", "labels", "rows")
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self.name, self.documentation, self.labels, self.rows = name, documentation, labels, []
+
+    def add_metric(self, values: list[str], value: float) -> None:
+        self.rows.append((values, value))
+
+    def family(self) -> GaugeMetricFamily:
+        fam = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+        for values, value in self.rows:
+            fam.add_metric(values, value)
+        return fam
+
+    def text(self, out: list[str]) -> None:
+        """Append the exposition text (Prometheus text format 0.0.4, as generate_latest writes it)."""
+        doc = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {self.name} {doc}\n# TYPE {self.name} gauge\n")
+        name, labels = self.name, self.labels
+        for values, value in self.rows:
+            pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(labels, values))
+            out.append(f"{name}{{{pairs}}} {_number(value)}\n")
+
+
+def _escape(v: str) -> str:
+    if "\\" in v or '"' in v or "\n" in v:
+        return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return v
+
+
+def _number(v: float) -> str:
+    v = float(v)
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+def render(families: Iterable[_Fam]) -> bytes:
+    out: list[str] = []
+    for fam in families:
+        fam.text(out)
+    return "".join(out).encode()
+
+
+class _Registry(CollectorRegistry):
+    """A registry whose collectors with a `render()` (the decision series) write their own text
+    (ScalerMetrics.exposition); collect() and generate_latest see only the other instruments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rendered: list = []
+
+    def register(self, collector) -> None:
+        if hasattr(collector, "render"):
+            self.rendered.append(collector)
+            return
+        super().register(collector)
+
+    def unregister(self, collector) -> None:
+        if collector in self.rendered:
+            self.rendered.remove(collector)
+            return
+        super().unregister(collector)
+
+
 class ScalerMetrics:
     """One process's metrics in their own registry (several can live in one test process). `parts`:
     "loop" (the decision loop's instruments) and/or "server" (gRPC, health, reloads). `pdscaler
@@ -61,7 +132,7 @@ class ScalerMetrics:
     text the serving process appends to its page (`extra`)."""
 
     def __init__(self, registry: CollectorRegistry | None = None, parts: tuple[str, ...] = ("loop", "server")) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or _Registry()
         self.extra: Callable[[], bytes] | None = None
         self.per_graph: list = []  # instruments labelled by graph: forget() drops a removed graph's series
         r = self.registry
@@ -132,7 +203,7 @@ class ScalerMetrics:
         return _GrpcMetrics(self)
 
     def exposition(self) -> bytes:
-        page = generate_latest(self.registry)
+        page = generate_latest(self.registry) + b"".join(c.render() for c in getattr(self.registry, "rendered", ()))
         return page + self.extra() if self.extra is not None else page
 
 
@@ -200,30 +271,36 @@ class DecisionCollector(Collector):
         return []  # names vary with the config; collected at scrape time
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        return [f.family() for f in self.families()]
+
+    def render(self) -> bytes:
+        return render(self.families())
+
+    def families(self) -> list[_Fam]:
         gr, grr = ["graph"], ["graph", "role"]
         fam = {
-            "info": GaugeMetricFamily("pdscaler_graph_info", "1 per configured graph: its namespace, DGD and mode",
-                                      labels=["graph", "namespace", "dgd", "mode"]),
-            "target": GaugeMetricFamily("pdscaler_target_replicas", "replicas pdscaler answers KEDA with", labels=grr),
-            "advised": GaugeMetricFamily("pdscaler_advised_replicas", "what an advisory graph would ask for", labels=grr),
-            "gpus": GaugeMetricFamily("pdscaler_target_gpus", "target replicas x GPUs per replica", labels=grr),
-            "current": GaugeMetricFamily("pdscaler_current_replicas", "replicas as they stand (scale subresource spec.replicas)", labels=grr),
-            "ready": GaugeMetricFamily("pdscaler_ready_replicas", "ready replicas (cluster, else the router's workers)", labels=grr),
-            "min": GaugeMetricFamily("pdscaler_min_replicas", "configured floor", labels=grr),
-            "max": GaugeMetricFamily("pdscaler_max_replicas", "configured ceiling", labels=grr),
-            "rule": GaugeMetricFamily("pdscaler_decision_rule", "1 for the rule that bound the role's target", labels=grr + ["rule"]),
-            "held": GaugeMetricFamily("pdscaler_decision_held", "1 when the role is held for want of usable data", labels=grr),
-            "figure": GaugeMetricFamily("pdscaler_decision_figure", "capacity and need figures behind the decision", labels=grr + ["figure"]),
-            "input": GaugeMetricFamily("pdscaler_observed", "observed inputs (graph-wide: role=\"\")", labels=grr + ["signal"]),
-            "forecast": GaugeMetricFamily("pdscaler_forecast", "forecast demand per series, quantile and horizon (s)",
-                                          labels=gr + ["series", "quantile", "horizon"]),
-            "decided": GaugeMetricFamily("pdscaler_decision_timestamp_seconds", "when the latest decision was made", labels=gr),
-            "age": GaugeMetricFamily("pdscaler_decision_age_seconds", "age of the latest decision at scrape time", labels=gr),
-            "data_age": GaugeMetricFamily("pdscaler_data_age_seconds", "age of the data the latest decision used (absent: none)", labels=gr),
-            "notes": GaugeMetricFamily("pdscaler_data_problems", "problems with the latest data (dropped values, source errors)", labels=gr),
-            "conflicts": GaugeMetricFamily("pdscaler_ownership_conflicts", "other autoscalers on a role pdscaler scales",
-                                           labels=grr + ["owner_kind", "owner"]),
-            "cluster_age": GaugeMetricFamily("pdscaler_cluster_reading_age_seconds", "age of the last cluster reading", labels=gr),
+            "info": _Fam("pdscaler_graph_info", "1 per configured graph: its namespace, DGD and mode",
+                         ["graph", "namespace", "dgd", "mode"]),
+            "target": _Fam("pdscaler_target_replicas", "replicas pdscaler answers KEDA with", grr),
+            "advised": _Fam("pdscaler_advised_replicas", "what an advisory graph would ask for", grr),
+            "gpus": _Fam("pdscaler_target_gpus", "target replicas x GPUs per replica", grr),
+            "current": _Fam("pdscaler_current_replicas", "replicas as they stand (scale subresource spec.replicas)", grr),
+            "ready": _Fam("pdscaler_ready_replicas", "ready replicas (cluster, else the router's workers)", grr),
+            "min": _Fam("pdscaler_min_replicas", "configured floor", grr),
+            "max": _Fam("pdscaler_max_replicas", "configured ceiling", grr),
+            "rule": _Fam("pdscaler_decision_rule", "1 for the rule that bound the role's target", grr + ["rule"]),
+            "held": _Fam("pdscaler_decision_held", "1 when the role is held for want of usable data", grr),
+            "figure": _Fam("pdscaler_decision_figure", "capacity and need figures behind the decision", grr + ["figure"]),
+            "input": _Fam("pdscaler_observed", "observed inputs (graph-wide: role=\"\")", grr + ["signal"]),
+            "forecast": _Fam("pdscaler_forecast", "forecast demand per series, quantile and horizon (s)",
+                             gr + ["series", "quantile", "horizon"]),
+            "decided": _Fam("pdscaler_decision_timestamp_seconds", "when the latest decision was made", gr),
+            "age": _Fam("pdscaler_decision_age_seconds", "age of the latest decision at scrape time", gr),
+            "data_age": _Fam("pdscaler_data_age_seconds", "age of the data the latest decision used (absent: none)", gr),
+            "notes": _Fam("pdscaler_data_problems", "problems with the latest data (dropped values, source errors)", gr),
+            "conflicts": _Fam("pdscaler_ownership_conflicts", "other autoscalers on a role pdscaler scales",
+                              grr + ["owner_kind", "owner"]),
+            "cluster_age": _Fam("pdscaler_cluster_reading_age_seconds", "age of the last cluster reading", gr),
         }
         now = self.now()
         full = self.config.metrics.detail == "full"
@@ -266,7 +343,7 @@ class DecisionCollector(Collector):
                     fam["conflicts"].add_metric([graph, c.role, c.owner_kind, c.owner], 1)
         if not self.ages:
             del fam["age"], fam["data_age"]
-        yield from fam.values()
+        return list(fam.values())
 
     def _observed(self, graph: str, fam: dict, full: bool = True) -> None:
         engine = self.engine() if callable(self.engine) else self.engine
@@ -313,7 +390,7 @@ class DecisionCollector(Collector):
                     family.add_metric([graph, "kv_tokens", f"{q:g}", f"{want:g}"], v)
 
 
-def add_ages(age: GaugeMetricFamily, data_age: GaugeMetricFamily, graph: str, d, now: float) -> None:
+def add_ages(age: "_Fam", data_age: "_Fam", graph: str, d, now: float) -> None:
     age.add_metric([graph], max(0.0, now - d.at))
     if d.data_at is not None:
         data_age.add_metric([graph], max(0.0, now - d.data_at))
@@ -329,14 +406,19 @@ class AgeCollector(Collector):
         return []
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        age = GaugeMetricFamily("pdscaler_decision_age_seconds", "age of the latest decision at scrape time", labels=["graph"])
-        data_age = GaugeMetricFamily("pdscaler_data_age_seconds", "age of the data the latest decision used (absent: none)",
-                                     labels=["graph"])
+        return [f.family() for f in self.families()]
+
+    def render(self) -> bytes:
+        return render(self.families())
+
+    def families(self) -> list[_Fam]:
+        age = _Fam("pdscaler_decision_age_seconds", "age of the latest decision at scrape time", ["graph"])
+        data_age = _Fam("pdscaler_data_age_seconds", "age of the data the latest decision used (absent: none)",
+                        ["graph"])
         now = self.now()
         for graph, d in self.store.all().items():
             add_ages(age, data_age, graph, d, now)
-        yield age
-        yield data_age
+        return [age, data_age]
 
 
 def _finite(v) -> bool:

@@ -192,3 +192,32 @@ def test_loop_stages_are_timed_per_poll(running):
     assert pick(s, "pdscaler_stage_seconds_count", stage="send") == [0.0]  # only in serve's decision process
     assert pick(s, "pdscaler_stage_cpu_seconds_total", stage="forecast")[0] > 0.0
     assert pick(s, "pdscaler_stage_cpu_seconds_total", stage="decide")[0] > 0.0
+
+
+def test_decision_series_text_is_what_prometheus_client_would_write(running):
+    """The decision series are written by scaler/metrics.py itself (speed); parsed, the page holds the
+    same samples as prometheus_client's own rendering of the same families, odd label values included."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from scaler.metrics import AgeCollector, DecisionCollector, _Fam, render
+
+    config, clock, engine, store, metrics, source, loop = running
+    collectors = [DecisionCollector(config, store, engine, None, clock.now), AgeCollector(store, clock.now)]
+    odd = _Fam("pdscaler_odd", 'help with \\ and\na newline', ["owner"])
+    for v in ('a"quote', "back\\slash", "new\nline", "ünï", ""):
+        odd.add_metric([v], 1.5)
+    odd.add_metric(["inf"], float("inf"))
+
+    class Odd:
+        def collect(self):
+            return [odd.family()]
+
+    def parsed(text: bytes) -> list:
+        return sorted((s.name, tuple(sorted(s.labels.items())), s.value)
+                      for f in text_string_to_metric_families(text.decode()) for s in f.samples)
+
+    for c, mine in [*((c, c.render()) for c in collectors), (Odd(), render([odd]))]:
+        reference = CollectorRegistry()
+        reference.register(c)
+        assert parsed(mine) == parsed(generate_latest(reference))
+    assert len(parsed(collectors[0].render())) > 20
