@@ -4,13 +4,14 @@ One graph at a time in the decision loop (scaler/loop.py's `warm_start_graph`), 
 about a second of CPU per series (14 days at 1-minute steps), run between polls: for 1,000 graphs x 3
 series the last graphs would forecast cold for almost two hours. For a fleet (at least
 FLEET_MIN_GRAPHS graphs read from Prometheus) the loop instead hands the graphs, CHUNK_GRAPHS at a
-time, to WORKERS spawned processes (niced, so polls and answers keep their CPU), each of which
+time, to WORKERS worker processes (`python -m scaler.warm_fleet`, niced so that polls and answers
+keep their CPU), each of which
 
 1. reads the chunk's history with one batched range query per signal for up to RANGE_BATCH graphs
    (`PrometheusSource.history_many`, the same PromQL the polls batch),
 2. fits all the chunk's series together (`forecasting.demand.warm_start_many`, which batches the
    replay of `auto` models: forecasting/fleet_fit.py, the same state as fitting one by one),
-3. sends the fitted models back. Between polls the loop adopts them (`Engine.warm_start(fitted=...)`):
+3. writes the fitted models to a result file per chunk (a temporary directory). Between polls the loop adopts them (`Engine.warm_start(fitted=...)`):
    the points the graph observed since its fit began are replayed into them, so the result is what
    fitting in the loop at that moment would have given.
 
@@ -22,10 +23,13 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing as mp
 import os
+import pickle
+import subprocess
+import sys
+import tempfile
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -80,59 +84,105 @@ def fit_chunk(config: ScalerConfig, graphs: list[str], end: float, offset: float
     return fit_histories(config, histories, live=live)
 
 
-def _worker_init() -> None:  # pragma: no cover - runs in the worker
-    try:
-        os.nice(NICE)
-    except OSError:
-        pass
-    logging.basicConfig(level=logging.WARNING)
-
-
-def _task(config: ScalerConfig, graphs: list[str], end: float, offset: float) -> tuple[Fitted, float, float]:
-    """In the worker: (fitted, CPU seconds, wall seconds)."""
-    c0, w0 = time.process_time(), time.perf_counter()
-    out = fit_chunk(config, graphs, end, offset)
-    return out, time.process_time() - c0, time.perf_counter() - w0
-
-
 class FleetWarmStart:
-    """The chunks of one fleet warm start, running in worker processes; `finished()` between polls."""
+    """One fleet warm start: WORKERS worker processes (`python -m scaler.warm_fleet`; plain
+    subprocesses, since the decision process is itself a daemonic child) fit the chunks, each writing
+    one result file per chunk; `finished()`, between polls, collects those written so far."""
 
     def __init__(self, config: ScalerConfig, graphs: list[str], end: float, offset: float,
                  workers: int = WORKERS, chunk: int = CHUNK_GRAPHS) -> None:
         self.started = time.monotonic()
-        self.pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=mp.get_context("spawn"),
-                                        initializer=_worker_init)
-        n = max(1, min(chunk, math.ceil(len(graphs) / max(1, workers))))
-        self.futures: dict[Future, list[str]] = {
-            self.pool.submit(_task, config, graphs[i:i + n], end, offset): graphs[i:i + n]
-            for i in range(0, len(graphs), n)}
         self.cpu_s = 0.0
+        self._dir = tempfile.TemporaryDirectory(prefix="pdscaler-warm-")
+        self.dir = Path(self._dir.name)
+        workers = max(1, min(workers, math.ceil(len(graphs) / max(1, chunk))))
+        chunks = [graphs[i:i + chunk] for i in range(0, len(graphs), max(1, chunk))]
+        self.pending: dict[int, list[str]] = dict(enumerate(chunks))
+        self.procs: list[tuple[subprocess.Popen, list[int], Path]] = []
+        for w in range(workers):
+            mine = list(range(w, len(chunks), workers))
+            task = self.dir / f"task-{w}.pkl"
+            task.write_bytes(pickle.dumps((config, [(i, chunks[i]) for i in mine], end, offset)))
+            err = self.dir / f"worker-{w}.log"
+            with open(err, "wb") as log_file:
+                proc = subprocess.Popen([sys.executable, "-m", "scaler.warm_fleet", str(task), str(self.dir)],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
+            self.procs.append((proc, mine, err))
 
     def finished(self) -> list[tuple[list[str], Fitted | None, str | None, float]]:
         """The chunks done since the last call: (graphs, fitted or None, why it failed, the worker's
         wall seconds for them)."""
         out = []
-        for fut in [f for f in self.futures if f.done()]:
-            graphs = self.futures.pop(fut)
+        for i in sorted(self.pending):
+            path = self.dir / f"result-{i}.pkl"
+            if not path.exists():
+                continue
+            graphs = self.pending.pop(i)
             try:
-                fitted, cpu, wall = fut.result()
-                self.cpu_s += cpu
+                fitted, cpu, wall, error = pickle.loads(path.read_bytes())
+            except Exception as e:
+                fitted, cpu, wall, error = None, 0.0, 0.0, f"unreadable result ({type(e).__name__}: {e})"
+            path.unlink(missing_ok=True)
+            self.cpu_s += cpu
+            if error is None:
                 log.info("warm start of %d graphs fitted in a worker: %.1f CPU-s, %.1f s", len(graphs), cpu, wall)
-                out.append((graphs, fitted, None, wall))
-            except Exception as e:  # a worker that died, Prometheus down: those graphs start cold
-                out.append((graphs, None, f"{type(e).__name__}: {e}", 0.0))
+            out.append((graphs, fitted, error, wall))
+        for proc, mine, err in self.procs:  # a worker that died: its chunks not written start cold
+            if proc.poll() is not None:
+                lost = [i for i in mine if i in self.pending and not (self.dir / f"result-{i}.pkl").exists()]
+                if lost:
+                    why = f"worker exited with code {proc.returncode}: {_tail(err)}"
+                    out += [(self.pending.pop(i), None, why, 0.0) for i in lost]
         return out
 
     @property
     def done(self) -> bool:
-        return not self.futures
+        return not self.pending
 
     def close(self) -> None:
         """Stop: the chunks not done are dropped and the workers ended (they are this object's own)."""
-        procs = list((getattr(self.pool, "_processes", None) or {}).values())
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        self.futures.clear()
+        for proc, _, _ in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, _, _ in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.pending.clear()
+        self._dir.cleanup()
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no output"
+    return lines[-1][:200] if lines else "no output"
+
+
+def worker_main(task: str, outdir: str) -> int:  # pragma: no cover - runs in the worker process
+    """`python -m scaler.warm_fleet TASK OUTDIR`: fit each chunk of the task, one result file each."""
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config, chunks, end, offset = pickle.loads(Path(task).read_bytes())
+    for i, graphs in chunks:
+        c0, w0 = time.process_time(), time.perf_counter()
+        try:
+            result = (fit_chunk(config, graphs, end, offset), None)
+        except Exception as e:  # this chunk starts cold; the next ones are tried
+            result = (None, f"{type(e).__name__}: {e}")
+        body = pickle.dumps((result[0], time.process_time() - c0, time.perf_counter() - w0, result[1]),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        tmp = Path(outdir) / f"result-{i}.pkl.tmp"
+        tmp.write_bytes(body)
+        tmp.rename(Path(outdir) / f"result-{i}.pkl")  # whole, or not there
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(worker_main(sys.argv[1], sys.argv[2]))

@@ -213,3 +213,52 @@ def test_history_many_reads_a_fleet_with_one_range_query_per_signal_and_batch():
         src.close()
     finally:
         server.shutdown()
+
+
+@pytest.mark.slow
+def test_the_loop_warm_starts_a_fleet_in_a_worker_process_and_adopts_the_same_models():
+    """20 graphs from a Prometheus (the stand-in of load/bench_warmstart.py): the loop hands them to a
+    worker process and adopts what it fitted; a graph's forecast then equals fitting it in the loop."""
+    from load.bench_warmstart import fleet_config, serve_fake
+    from scaler.clock import ManualClock
+    from scaler.config import ScalerConfig
+    from scaler.engine import Engine
+    from scaler.loop import DecisionLoop
+    from scaler.sources.prometheus import PrometheusSource
+    from scaler.store import DecisionStore
+    from scaler.testbench.processes import wait_until
+    from scaler.warm_fleet import FLEET_MIN_GRAPHS
+
+    server = serve_fake()
+    try:
+        raw = fleet_config(FLEET_MIN_GRAPHS, f"http://127.0.0.1:{server.server_port}")
+        raw["forecast"] = {"warm_start": "1h"}
+        cfg = ScalerConfig.model_validate(raw)
+        start = 1_764_000_000.0
+        clock = ManualClock(start)
+        loop = DecisionLoop(Engine(cfg, live=True), PrometheusSource(cfg), DecisionStore(), clock)
+        loop.start()
+        try:  # the loop adopts after each poll; the clock stands still, so the test asks it between
+            wait_until(lambda: loop.ticks >= 1 and loop._fleet is not None, 60, "the first poll, workers started")
+
+            def adopted():
+                loop._adopt_fleet_warm()
+                return loop._fleet is None and not loop._pending_warm
+
+            wait_until(adopted, 120, "the fleet's warm start adopted", interval=0.2)
+            assert loop.ticks == 1  # the first poll only: no point replayed (the test above replays one)
+        finally:
+            loop.stop()
+        g = "g0007"
+        src = PrometheusSource(cfg)
+        wanted = [(None, n) for n in ("request_rate", "prefill_tokens_per_s", "decode_tokens_per_s")]
+        hist = src.history(g, wanted, start - 3600.0, start, 60.0)
+        src.close()
+        slow = Engine(cfg, live=True)
+        assert slow.warm_start(g, {name: v for (_, name), v in hist.items()}) == [n for _, n in wanted]
+        slow.observe(loop.engine.latest(g))
+        a, b = slow.forecast(start + 15, g, [60.0, 300.0]), loop.engine.forecast(start + 15, g, [60.0, 300.0])
+        for name in a.series:
+            np.testing.assert_allclose(b.at(name, 0.9), a.at(name, 0.9), rtol=1e-9)
+    finally:
+        server.shutdown()
