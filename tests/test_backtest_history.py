@@ -202,8 +202,13 @@ def test_backtest_reports_as_run_beside_pdscaler(prom, tmp_path, capsys):
     runs = report["policies"]
     assert list(runs) == ["as-run", "oracle", "pdscaler"]
     ran = sum((p + d) * STEP for p, d in zip(PREFILL, DECODE)) / 3600
-    assert runs["as-run"]["replica_gpu_hours"] == pytest.approx(ran)
-    assert runs["as-run"]["gpu_hours"] == pytest.approx(ran, abs=4 / 3600)  # a released GPU billed to its step's end
+    s = runs["as-run"]
+    assert s["recorded_ready_gpu_hours"] == pytest.approx(ran)
+    assert s["ready_gpu_hours"] == pytest.approx(ran)  # the fluid model's ready replicas are the recorded ones
+    assert s["cold_starts"] == 0 and s["warm_starts"] == 1  # the second prefill replica, started in time
+    # billed: the second prefill replica's GPU from the range's start (a balloon pod provisions its node
+    # ahead: the node takes 210 s, it is ready at 180 s) to its end (a freed node is kept 10 min)
+    assert s["gpu_hours"] == pytest.approx(ran + (N * STEP - 5 * STEP) / 3600)
     for name in runs:
         assert runs[name]["requests"] == pytest.approx(sum(RATES) * STEP)
     assert report["prometheus"]["sim_start"] == START and report["prometheus"]["sim_end"] == END
