@@ -158,6 +158,28 @@ def test_history_before_the_range_is_kept_for_the_warm_start(prom):
     assert len(rep.replicas["prefill"]) == 6 * 60 and rep.replicas["prefill"][0] == PREFILL[4]
 
 
+def test_as_run_replays_the_replicas_as_they_were_ready():
+    """Each recorded replica is started a warm start-up before it was seen ready, on a GPU kept Ready
+    (several at once too); those seen ready within the first warm start-up started before the range:
+    they start with it, on GPUs kept Ready, and are ready a warm start-up in."""
+    from scaler.testbench.sim.context import SimContext
+    from scaler.testbench.sim.nodes import NodeSettings
+    from scaler.testbench.sim.workload import synthetic
+
+    n = 1200
+    prefill = np.ones(n, int)
+    prefill[30:] = 3  # seen ready 30 s in: started before the range
+    prefill[600:900] = 7  # four more at 600 s, freed at 900 s
+    decode = np.full(n, 2)
+    ctx = SimContext(synthetic(np.full(n, 1.0), 1000, 100), nodes=NodeSettings(90.0, 210.0, 600.0))
+    s = hist.replay_as_run(ctx, {"prefill": prefill, "decode": decode}).summary
+    assert s["recorded_ready_gpu_hours"] == pytest.approx((prefill.sum() + decode.sum()) / 3600)
+    late = 2 * (90 - 30) / 3600  # the two seen ready 30 s in, ready 90 s in
+    assert s["ready_gpu_hours"] == pytest.approx(s["recorded_ready_gpu_hours"] - late)
+    assert s["cold_starts"] == 0 and s["warm_starts"] == 2 + 4
+    assert s["max_replicas"]["prefill"] == 7
+
+
 def test_share_within_an_slo_from_histogram_buckets():
     b = {0.1: 10.0, 0.5: 50.0, 1.0: 90.0, math.inf: 100.0}
     assert hist.share_within(b, 0.5) == (0.5, 100.0)

@@ -438,7 +438,9 @@ class AsRun(Policy):
     start-up before it was seen ready, on GPU nodes provisioned ahead by balloon pods (the oracle's
     node plan, scaler/testbench/sim/policies/oracle.py), so that the fluid model's ready replicas are
     the recorded ones and its GPU-hours the least those replicas could have been billed (start-ups,
-    nodes provisioned ahead, idle nodes until the cluster autoscaler removes them)."""
+    nodes provisioned ahead, idle nodes until the cluster autoscaler removes them). Replicas seen
+    ready within the range's first warm start-up started before it: they are ready a warm start-up
+    after the range's start (late by less than one start-up)."""
 
     name = "as-run"
     direct = True
@@ -460,8 +462,13 @@ class AsRun(Policy):
         return self.ctx.dt
 
     def initial_replicas(self) -> dict[str, int]:
-        # the first step's replicas are ready (they ran before the range); starting ones are asked for
-        return {role: int(self.ready[role][0]) if role in self.ready else int(x[0]) for role, x in self.plan.items()}
+        """The first step's ready replicas (they ran before the range), and balloon pods holding Ready
+        GPUs also for the replicas that must start at once (seen ready within a warm start-up)."""
+        p = self.ctx.profile
+        gpus = {"prefill": p.prefill.gpus_per_replica, "decode": p.decode.gpus_per_replica}
+        out = {role: int(x[0]) for role, x in self.ready.items()}
+        out["warm"] = int(self.plan["warm"][0]) + sum((int(self.plan[r][0]) - out[r]) * gpus[r] for r in out)
+        return out
 
     def step(self, now, i, telemetry, cluster) -> dict[str, float]:
         return {role: int(x[i]) for role, x in self.plan.items()}
