@@ -366,6 +366,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     roles = sum(len(g.roles) for g in config.graphs.values())
     print(f"{args.file}: valid ({_count(len(config.graphs), 'graph')}, {_count(roles, 'role')}, "
           f"source {config.source.kind})")
+    sharding = getattr(config, "sharding", None)
+    if sharding is not None and sharding.shards > 1:
+        print(f"shard {sharding.index} of {sharding.shards} (PDSCALER_SHARD_INDEX or sharding.index): "
+              f"its graphs {', '.join(config.graphs) or 'none'}")
     for g, gc in config.graphs.items():
         for line in gc.ignored_settings(g):
             print(f"warning: {line}")

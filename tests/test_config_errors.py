@@ -200,3 +200,17 @@ def test_config_check_reads_the_profile_files(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"pdscaler: {path}: graphs.example.profile: cannot read capacity profile {tmp_path / 'nope.yaml'}: "
                    f"No such file or directory"]
+
+
+def test_config_check_names_a_shards_graphs(capsys, monkeypatch):
+    from pathlib import Path
+
+    sharded = Path(__file__).resolve().parents[1] / "manifests" / "overlays" / "sharded" / "config.yaml"
+    seen = []
+    for index in ("0", "1"):
+        monkeypatch.setenv("PDSCALER_SHARD_INDEX", index)
+        assert main(["config", "check", str(sharded)]) == 0
+        line = capsys.readouterr().out.splitlines()[1]
+        assert line.startswith(f"shard {index} of 2 ")
+        seen += line.split("its graphs ")[1].split(", ")
+    assert sorted(seen) == sorted(yaml.safe_load(sharded.read_text())["graphs"])  # each graph on one shard
