@@ -44,7 +44,7 @@ def fit_many(models: Sequence, histories: Sequence[tuple[np.ndarray, np.ndarray]
         if prep is None:
             m.fit(np.asarray(t, float), np.asarray(y, float))
             continue
-        groups.setdefault(prep[0], []).append((m, prep[1], t, y))
+        groups.setdefault(prep[0], []).append([m, prep[1], t, y])
     for key, members in groups.items():
         if len(members) < min_batch:
             for m, _, t, y in members:
@@ -53,6 +53,8 @@ def fit_many(models: Sequence, histories: Sequence[tuple[np.ndarray, np.ndarray]
         for i in range(0, len(members), batch):
             chunk = members[i:i + batch]
             _Batch(key, [c[0] for c in chunk], [c[1] for c in chunk]).run()
+            for c in chunk:
+                c[1] = None  # the per-series bins and values, no longer needed
             done += len(chunk)
     return done
 
@@ -547,6 +549,7 @@ class _Batch:
         self.Y = np.full((B, S), np.nan)
         for i, (k, v) in enumerate(zip(ks, (p[3] for p in preps))):
             self.Y[np.searchsorted(self.bins, k), i] = v
+        preps.clear()  # the caller's list: the per-series copies are in Y now
 
     def run(self):
         S, nl, nc, step, phase = self.S, self.nl, self.nc, self.step, self.phase

@@ -156,10 +156,11 @@ def serve_fake(port: int = 0) -> ThreadingHTTPServer:
 
 # --------------------------------------------------------------------------- the scaler's side
 
-def fleet_config(graphs: int, url: str, poll_interval: float = 15.0) -> dict:
+def fleet_config(graphs: int, url: str, poll_interval: float = 15.0, timeout: float | None = None) -> dict:
     roles = {"prefill": {"kind": "prefill", "min_replicas": 1, "max_replicas": 32},
              "decode": {"kind": "decode", "min_replicas": 1, "max_replicas": 32}}
-    return {"poll_interval": poll_interval, "source": {"kind": "prometheus", "url": url},
+    source = {"kind": "prometheus", "url": url} | ({"timeout": timeout} if timeout else {})
+    return {"poll_interval": poll_interval, "source": source,
             "graphs": {f"g{i:04d}": {"namespace": NAMESPACE, "roles": roles} for i in range(graphs)}}
 
 
@@ -168,10 +169,10 @@ def ratio_phase(url: str, slow_graphs: int, fast_graphs: int) -> dict:
     from forecasting.demand import FORECAST_SERIES, DemandForecaster
     from scaler.config import ScalerConfig
     from scaler.sources.prometheus import PrometheusSource
-    from scaler.warm_fleet import fit_chunk
+    from scaler.warm_fleet import RANGE_TIMEOUT, fit_chunk
 
     n = max(slow_graphs, fast_graphs)
-    config = ScalerConfig.model_validate(fleet_config(n, url))
+    config = ScalerConfig.model_validate(fleet_config(n, url, timeout=RANGE_TIMEOUT))  # as the workers
     fc = config.forecast
     graphs = list(config.graphs)
     end = float(int(time.time()))

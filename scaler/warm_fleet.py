@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,9 +41,10 @@ from scaler.config import ScalerConfig
 log = logging.getLogger("pdscaler.warm_fleet")
 
 FLEET_MIN_GRAPHS = 20  # fewer graphs: warm-started in the loop, one at a time (a batch pays off from ~60 series)
-CHUNK_GRAPHS = 100  # graphs per worker task (300 series fitted together, about 100 MB in the worker)
+CHUNK_GRAPHS = 50  # graphs per worker task (150 series fitted together; the worker's RSS ~200 MB)
 WORKERS = 1  # worker processes (one core; the other serves and decides)
 NICE = 5  # the workers' niceness: polls and gRPC answers first
+RANGE_TIMEOUT = 60.0  # s: a worker's range query (RANGE_BATCH graphs x 10,000 steps) at least this long
 
 Fitted = dict[str, tuple[dict, "float | None"]]  # graph -> (series name -> fitted model, last history time)
 
@@ -68,9 +70,12 @@ def fit_chunk(config: ScalerConfig, graphs: list[str], end: float, offset: float
     timestamps are moved by -offset onto the loop's timeline (as `DecisionLoop.warm_start_graph`)."""
     fc = config.forecast
     own = source is None
-    if own:
+    if own:  # range queries of many graphs over days take longer than a poll's instant queries
         from scaler.sources import build_source
 
+        src = config.source
+        if hasattr(src, "timeout") and src.timeout < RANGE_TIMEOUT:
+            config = config.model_copy(update={"source": src.model_copy(update={"timeout": RANGE_TIMEOUT})})
         source = build_source(config)
     try:
         wanted = [(None, name) for name in FORECAST_SERIES]
@@ -162,6 +167,19 @@ def _tail(path: Path) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
+def _trim() -> None:
+    """Give the memory a chunk freed back to the system (glibc keeps it otherwise)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def worker_main(task: str, outdir: str) -> int:  # pragma: no cover - runs in the worker process
     """`python -m scaler.warm_fleet TASK OUTDIR`: fit each chunk of the task, one result file each."""
     try:
@@ -170,7 +188,11 @@ def worker_main(task: str, outdir: str) -> int:  # pragma: no cover - runs in th
         pass
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config, chunks, end, offset = pickle.loads(Path(task).read_bytes())
+    parent = os.getppid()
     for i, graphs in chunks:
+        if os.getppid() != parent:  # the decision process is gone: nobody adopts what is fitted
+            shutil.rmtree(outdir, ignore_errors=True)
+            return 1
         c0, w0 = time.process_time(), time.perf_counter()
         try:
             result = (fit_chunk(config, graphs, end, offset), None)
@@ -181,6 +203,8 @@ def worker_main(task: str, outdir: str) -> int:  # pragma: no cover - runs in th
         tmp = Path(outdir) / f"result-{i}.pkl.tmp"
         tmp.write_bytes(body)
         tmp.rename(Path(outdir) / f"result-{i}.pkl")  # whole, or not there
+        del result, body
+        _trim()
     return 0
 
 

@@ -62,7 +62,7 @@ BY_TEMPLATES: dict[str, str] = {
     "count": "count by ({by}) ({metric}{{{sel}}})",
 }
 BATCH = 200  # graphs per batched query
-RANGE_BATCH = 25  # graphs per batched range query (warm start: 10,000 points each, parsed at once)
+RANGE_BATCH = 10  # graphs per batched range query (warm start: 10,000 points each, parsed at once)
 
 
 def render_matchers(matchers: list[Matcher]) -> str:
@@ -274,6 +274,7 @@ class PrometheusSource:
                 groups.setdefault((label, name), {}).setdefault(value, []).append(graph)
         chunk = step * 10_000  # Prometheus refuses more than 11,000 points per series
         down = False
+        shared = np.zeros(0)
         for (label, name), members in groups.items():
             sig = graph_level[name]
             values = sorted(members)
@@ -308,6 +309,9 @@ class PrometheusSource:
                     if v in dup or v not in members:
                         continue  # two series where one is expected: not used (as `history`)
                     t_all, y_all = np.concatenate(ts), np.concatenate(ys)
+                    if len(t_all) and len(t_all) == len(shared) and np.array_equal(t_all, shared):
+                        t_all = shared  # the same steps as the previous series: one array for both
+                    shared = t_all
                     if len(t_all):
                         for g in members[v]:
                             out[g][(None, name)] = (t_all, y_all)
