@@ -598,13 +598,17 @@ def evaluate(
     scale = naive_scale(series.y[:warm])
 
     runs = []
-    for spec in order_specs(specs):
+    ordered = order_specs(specs)
+    t_all = time.perf_counter()
+    for i, spec in enumerate(ordered, start=1):
         if progress:
-            progress(f"{spec.name}: fit on {warm} points, {last + 1 - warm} ticks, {len(origins)} origins")
+            progress(f"model {i} of {len(ordered)}, {spec.name}: fit on {warm} points, {last + 1 - warm} ticks, "
+                     f"{len(origins)} origins")
         t0 = time.perf_counter()
         run = _run_model(spec, series, seed, warm, origins, last, eff_h_s, all_q)
         if progress:
-            progress(f"{spec.name}: done in {time.perf_counter() - t0:.1f} s" + (f" ({run.error})" if run.error else ""))
+            progress(f"{spec.name}: done in {time.perf_counter() - t0:.1f} s ({time.perf_counter() - t_all:.0f} s so far)"
+                     + (f" ({run.error})" if run.error else ""))
         runs.append(run)
 
     ev = Evaluation(series=series, signal=signal, trace=trace or series.source, horizons_s=horizons_s, steps=steps,
