@@ -37,6 +37,8 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from scaler.config import HeadroomConfig
+
 OUT_DIR = Path(__file__).resolve().parent
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 DYN = 'dynamo_namespace="$namespace-$graph"'  # Dynamo's series of the selected graph
@@ -243,11 +245,18 @@ def _demand_panel(series: str, label: str) -> timeseries.Panel:
                                        dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0)]))
 
 
-HEADROOM_NEEDS = ("the calibrated headroom (forecast.headroom.enabled: true; off by default, and then no "
-                  "headroom figure is exported)")
-HEADROOM_OFF = ("Only with forecast.headroom.enabled: true. It is off by default: the roles are then sized on "
-                "forecast.quantile at each role's target_utilization, pdscaler exports no headroom figure and "
-                "this panel shows No data.")
+# The headroom panels follow the config's default: on by default, their queries must return data (the
+# e2e runs on the defaults); off by default, they are optional and say so. A changed default changes
+# the generated JSON (and `--check` fails until it is regenerated).
+HEADROOM_ON_BY_DEFAULT = bool(HeadroomConfig.model_fields["enabled"].default)
+HEADROOM_NEEDS = None if HEADROOM_ON_BY_DEFAULT else (
+    "the calibrated headroom (forecast.headroom.enabled: true; off by default, and then no headroom "
+    "figure is exported)")
+HEADROOM_OFF = (
+    ("The calibrated headroom is on by default (forecast.headroom.enabled); with it off," if HEADROOM_ON_BY_DEFAULT
+     else "Only with forecast.headroom.enabled: true. It is off by default; then")
+    + " the roles are sized on forecast.quantile at each role's target_utilization, pdscaler exports no "
+    "headroom figure and this panel shows No data.")
 
 
 def _headroom_panels() -> list:
@@ -263,8 +272,9 @@ def _headroom_panels() -> list:
             "the prior (headroom.prior, 2x), relaxing towards the evidence as windows settle. Why it moved: "
             "the settled windows (figure=headroom_windows, right axis, dashed): a step up with no new window "
             "is a burst's sample leaving or entering the quantile; a climbing count with a falling level is "
-            "the prior losing weight. `pdscaler explain <graph>` gives the same in words (sized on p50 x "
-            "headroom ...). " + HEADROOM_OFF,
+            "the prior losing weight. The attainment feedback's gain, which multiplies it further after "
+            "polls that broke the latency SLO, is not exported as a series: `pdscaler explain <graph>` gives "
+            "both in words (sized on p50 x headroom ...; attainment gain ...). " + HEADROOM_OFF,
             [Q(level, "{{role}} headroom", needs=HEADROOM_NEEDS),
              Q(windows, "{{role}} settled windows", needs=HEADROOM_NEEDS)], unit="suffix:x", w=16, minimum=None)
         .override_by_regexp(".* settled windows", [

@@ -297,18 +297,26 @@ def test_health_reloads_and_failed_decisions_have_panels_the_e2e_must_fill() -> 
         assert sum(p["gridPos"]["w"] for p in strip) == 24
 
 
-def test_headroom_panels_are_optional_for_a_stated_reason_and_query_exported_figures() -> None:
+def test_headroom_panels_follow_the_default_and_query_exported_figures() -> None:
+    """On by default, the headroom panels' queries are required (the e2e runs on the defaults and must
+    see them); off by default, they are optional with that reason. The descriptions say which."""
     from scaler import metrics
+    from scaler.config import ScalerConfig
 
+    on = ScalerConfig.model_validate({"graphs": {"g": {"roles": {"p": {"kind": "prefill"}}}}}).forecast.headroom.enabled
     headroom = [(d, p) for d, p in _panels() if "headroom" in p["title"].lower()]
     assert {p["title"] for _, p in headroom} == {"Calibrated headroom per role", "Headroom now"}
     build.generate()
     for _, p in headroom:
-        assert "forecast.headroom.enabled" in p["description"] and "off by default" in p["description"]
+        assert "forecast.headroom.enabled" in p["description"]
+        assert ("on by default" if on else "off by default") in p["description"]
         figures = {f for t in p["targets"] for f in re.findall(r'figure="(\w+)"', t["expr"])}
         assert figures == {"headroom", "headroom_windows"}
         for t in p["targets"]:
-            assert "forecast.headroom.enabled" in build.OPTIONAL[t["expr"]]
+            if on:
+                assert t["expr"] not in build.OPTIONAL
+            else:
+                assert "forecast.headroom.enabled" in build.OPTIONAL[t["expr"]]
     # every decision figure a panel queries is one the scaler exports, at the default detail too
     queried = {f for _, p in _panels() for t in p["targets"]
                for group in re.findall(r'figure=~?"([^"]+)"', t.get("expr", "")) for f in group.split("|")}

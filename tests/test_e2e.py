@@ -66,8 +66,8 @@ def test_no_target_below_its_floor(run):
 
 def test_every_dashboard_query_returns_data(run):
     """Every query Prometheus answers without error; every one returns data but those the dashboards
-    mark as needing what this run has not (dashboards.build.OPTIONAL, with the reason: cluster reads,
-    the calibrated headroom, which are off here)."""
+    mark as needing what this run has not (dashboards.build.OPTIONAL, with the reason: e.g. cluster
+    reads, off here)."""
     from dashboards.queries import dashboard_queries
 
     result, _ = run
