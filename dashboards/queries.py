@@ -9,8 +9,8 @@ warm-role textboxes their dashboard defaults; Grafana's `$__rate_interval`, `$__
 
 Queries that can be empty on a healthy system (listed in dashboards.build.OPTIONAL with the reason:
 current replicas and cluster-reading age need cluster reads, gRPC latency needs KEDA traffic, model
-fit duration needs a warm start from Prometheus, the headroom panels the calibrated headroom, off by
-default) are left out unless `include_optional=True`.
+fit duration needs a warm start from Prometheus; the headroom panels are optional only while the
+calibrated headroom is off by default) are left out unless `include_optional=True`.
 """
 
 from __future__ import annotations
