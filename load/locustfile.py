@@ -38,6 +38,8 @@ from locust.runners import MasterRunner, WorkerRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # shapes.py, whichever way this file is loaded
 
 from schedules import Arrival, resolve_trace  # noqa: E402
+from scaler.testbench.traces import load_rate_curve  # noqa: E402
+from scaler.testbench.traces import resolve_trace as _trace_file  # noqa: E402
 from shapes import CHAT_PATH, SHAPES  # noqa: E402
 
 log = logging.getLogger("pdscaler.load")
@@ -75,7 +77,8 @@ def _options(parser: Any) -> None:
     g.add_argument("--max-requests", type=int, default=0, help="trace: stop after this many (0: no limit)")
     g.add_argument("--rate-scale", type=float, default=1.0,
                    help="trace: copy/thin requests to k x the rate; diurnal with --peak-rate 0: scale rates")
-    g.add_argument("--rates", default="", help="diurnal: ServeGen rate CSV (category_model,t_s,total_rate_rps,...)")
+    g.add_argument("--rates", default="", help="diurnal: ServeGen rate CSV (category_model,t_s,total_rate_rps,...) "
+                   "or the bundled servegen-language")
     g.add_argument("--series", default="", help="diurnal: category_model series (needed if the CSV has several)")
     g.add_argument("--day-minutes", type=float, default=10.0, help="diurnal: wall minutes per curve day")
     g.add_argument("--curve-start", type=float, default=0.0, help="diurnal: curve hour to start at")
@@ -141,6 +144,12 @@ def _on_init(environment: Any, **_: Any) -> None:
     o = _options_of(environment)
     if o is None or isinstance(environment.runner, WorkerRunner):
         return  # workers get the master's options with the first spawn message (see _on_test_start)
+    if o.shape == "diurnal" and o.rates:
+        try:
+            load_rate_curve(_trace_file(o.rates), o.series or None)
+        except ValueError as e:
+            print(f"locustfile: --rates: {e}", file=sys.stderr)
+            sys.exit(2)
     if o.trace:  # a trace that is neither a file nor a bundled name, or malformed: one line, exit 2, before the run
         try:
             resolve_trace(o.trace, o.trace_format or None)

@@ -154,7 +154,7 @@ def servegen_rate(
     curve is piecewise linear between its points; zero-rate points are treated as gaps in the data
     (the ServeGen README says so) and interpolated over from their non-zero neighbours.
     """
-    t_s, rate = load_rate_curve(path, series)
+    t_s, rate = load_rate_curve(_trace_file(path), series)  # a file, or servegen-language
     good = rate > 0
     if not good.any():
         raise ValueError(f"{path}: series {series!r} has no non-zero rate")
