@@ -24,7 +24,10 @@ Phases per scenario: `idle` (no clients: the decision loop alone), `realistic` (
 polled once per 15 s, evenly spread: 2N/15 cycles/s, 3 RPCs each), `saturation` (each client
 loops as fast as it gets answers). Scenarios: the main one (N graphs) and baselines in the same run
 (by default 10 graphs, and N graphs with forecasting off), so figures can be read as ratios on a
-shared, noisy machine.
+shared, noisy machine. The 10-graph baseline is polled, by default (`--baseline-load same`), with
+the main scenario's load: as many ScaledObjects (its 20 refs repeated), as often, by as many clients,
+so that the two differ only in the size of the fleet (with `own`, its 20 ScaledObjects make 4 RPC/s
+and in saturation only 20 of the clients have one).
 
 Freshness: every poll decides every graph with one timestamp, so the distinct
 pdscaler_decision_timestamp_seconds values seen across scrapes are the polls' start times; a graph
@@ -561,8 +564,11 @@ def stage_table(results: list[dict]) -> str:
 
 def run_phase(name: str, address: str, refs: list[tuple[str, str]], clients: int, procs: int, duration: float,
               period: float, tmp: Path, mon: Monitor) -> dict:
+    import psutil
+
     procs = max(1, min(procs, clients))
     start = time.time() + 3.0  # every client connected before the clock starts
+    machine0 = psutil.cpu_times()
     ps, outs = [], []
     for k in range(procs):
         n = clients // procs + (1 if k < clients % procs else 0)
@@ -578,6 +584,10 @@ def run_phase(name: str, address: str, refs: list[tuple[str, str]], clients: int
         mon.others[f"clients-{k}"] = p.pid
     for p in ps:
         p.wait(timeout=duration + 120)
+    machine1 = psutil.cpu_times()
+    busy = sum(machine1) - sum(machine0) - (machine1.idle - machine0.idle)
+    machine = {"load_avg_1m_at_end": round(os.getloadavg()[0], 2),  # the machine is shared: how busy it was
+               "cpus_busy_pct": round(100 * busy / max(1e-9, sum(machine1) - sum(machine0)), 1)}
     for k in range(len(ps)):
         mon.others.pop(f"clients-{k}", None)
     lat: dict[str, list[float]] = {m: [] for m in METHODS}
@@ -602,6 +612,7 @@ def run_phase(name: str, address: str, refs: list[tuple[str, str]], clients: int
         "errors": errors, "failed_client_processes": failed,
         "latency_ms": {m: _round(percentiles(lat[m])) for m in METHODS} | {"all": _round(percentiles(every))},
         "schedule_lag_ms": _round(percentiles(lag)) if lag else None,
+        "machine": machine,
     }
 
 
@@ -615,6 +626,7 @@ class Scenario:
     graphs: int
     forecast: bool = True
     switch_interval: float | None = None
+    load_refs: int | None = None  # clients poll this many ScaledObjects (the graphs' refs, repeated): the same load
 
 
 def run_scenario(sc: Scenario, args: argparse.Namespace, prom_url: str, prom_pid: int, tmp: Path) -> dict:
@@ -635,6 +647,9 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, prom_url: str, prom_pid
         wait_for(lambda: polls_done(metrics_url) >= 2, 10 * args.poll_interval + 300, "two polls", proc)
         result["two_polls_s"] = round(time.time() - t_launch, 2)
         refs = [(g, r) for g in names for r in ROLES]
+        if sc.load_refs:  # a small fleet under the main scenario's load: each ref polled as often, repeated
+            refs = (refs * math.ceil(sc.load_refs / len(refs)))[:sc.load_refs]
+        result["scaledobjects_polled"] = len(refs)
         address = proc.grpc_address
         phases = []
         if args.idle > 0:
@@ -666,7 +681,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, prom_url: str, prom_pid
 def table(results: list[dict]) -> str:
     head = ("| scenario | phase | req/s | errors | GetMetrics p50 / p99 / max ms | all RPCs p50 / p90 / p99 ms "
             "| scaler CPU % (1 core = 100) | RSS MiB (steady / peak) | poll s (mean / max<=) | refresh p50 / max s "
-            "| graphs refreshed <= interval |")
+            "| graphs refreshed <= interval | machine load 1m / CPUs busy % |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         for ph in r.get("phases", []):
@@ -684,7 +699,8 @@ def table(results: list[dict]) -> str:
                 f"| {sc.get('rss_mib_mean', '-')} / {r.get('rss_mib_peak_hwm', '-')} "
                 f"| {poll.get('mean_s', '-')} / {poll.get('max_le_s', '-')} "
                 f"| {ref.get('p50', '-')} / {ref.get('max', '-')} "
-                f"| {fr.get('graphs_refreshed_within_interval', '-')}/{r['graphs']} |")
+                f"| {fr.get('graphs_refreshed_within_interval', '-')}/{r['graphs']} "
+                f"| {ph.get('machine', {}).get('load_avg_1m_at_end', '-')} / {ph.get('machine', {}).get('cpus_busy_pct', '-')} |")
     return "\n".join(lines)
 
 
@@ -700,6 +716,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll-interval", type=float, default=15.0, help="the scaler's poll_interval, and KEDA's period")
     p.add_argument("--scrape-every", type=float, default=10.0, help="seconds between scrapes of the scaler's /metrics")
     p.add_argument("--baseline-graphs", type=int, default=10, help="graphs of the small baseline scenario (0 = none)")
+    p.add_argument("--baseline-load", choices=("same", "own"), default="same",
+                   help="the small baseline's clients: 'same' = the main scenario's load (as many ScaledObjects "
+                        "polled, its few graphs' refs repeated: same RPC/s and concurrency, so only the fleet's "
+                        "size differs); 'own' = only its own 2 x baseline-graphs ScaledObjects (4 RPC/s at 10 "
+                        "graphs; the rows before issue 16)")
     p.add_argument("--no-forecast-baseline", action="store_true",
                    help="skip the baseline of the main graphs with forecasting off")
     p.add_argument("--switch-interval", type=float, action="append", default=[],
@@ -722,7 +743,8 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [Scenario("main", args.graphs)]
     scenarios += [Scenario(f"main-switch-{x:g}", args.graphs, switch_interval=x) for x in args.switch_interval]
     if args.baseline_graphs:
-        scenarios.append(Scenario("small", args.baseline_graphs))
+        scenarios.append(Scenario("small", args.baseline_graphs,
+                                  load_refs=2 * args.graphs if args.baseline_load == "same" else None))
     if not args.no_forecast_baseline:
         scenarios.append(Scenario("no-forecast", args.graphs, forecast=False))
 
