@@ -52,9 +52,11 @@ def fit_many(models: Sequence, histories: Sequence[tuple[np.ndarray, np.ndarray]
             continue
         for i in range(0, len(members), batch):
             chunk = members[i:i + batch]
-            _Batch(key, [c[0] for c in chunk], [c[1] for c in chunk]).run()
+            batch = _Batch(key, [c[0] for c in chunk], [c[1] for c in chunk])
             for c in chunk:
-                c[1] = None  # the per-series bins and values, no longer needed
+                c[1] = None  # the per-series bins and values: in the batch's array now
+            batch.run()
+            del batch
             done += len(chunk)
     return done
 
