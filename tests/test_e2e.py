@@ -46,7 +46,8 @@ def test_prefill_replicas_rise_during_the_burst_and_fall_after_it(run):
     b0, b1 = result.burst
     before = values(result, "target_prefill", end=b0)
     during = values(result, "target_prefill", b0, b1)
-    assert before and max(before) == 1  # one replica serves the baseline
+    # The baseline needs one replica; a cold start's calibrated headroom (a 2x prior) may hold two.
+    assert before and 1 <= max(before) <= 2 < max(during)
     rise_at = next(t for t, v in result.series["target_prefill"] if t >= b0 and v > max(before))
     assert rise_at - b0 <= 20, "pdscaler asked for more prefill within 20 s of the burst"
     ready_before, ready_during = values(result, "ready_prefill", end=b0), values(result, "ready_prefill", b0, b1)

@@ -75,8 +75,10 @@ class Headroom:
 
     def size(self, planned: np.ndarray) -> np.ndarray:
         """The replicas to size on for `planned` (median forecast, full capacity, per horizon): the plan
-        (at least one replica) times the headroom."""
-        return np.maximum(planned, 1.0) * self.headroom()
+        (at least one replica: a ratio to a near-idle plan is a multiple of one replica) times the
+        headroom; a plan of no demand at all stays at none (a graph may scale to zero)."""
+        base = np.where(planned > 0, np.maximum(planned, 1.0), planned)
+        return base * self.headroom()
 
     def headroom(self) -> float:
         """The multiple of the planned need to size on now."""

@@ -45,9 +45,12 @@ class Need:
     def __init__(self, forecast: "ForecastConfig", attainment: float, poll_s: float) -> None:
         self.correction = CapacityCorrection()
         self.forecast_cap = ForecastCap(forecast.max_growth, forecast.growth_window)
+        # The headroom calibrates the forecast's sizing: a purely reactive graph (forecast off) keeps
+        # its utilisation targets.
         hc = forecast.headroom
-        self.headroom = Headroom(hc, attainment, poll_s) if hc.enabled else None
-        self.feedback = AttainmentFeedback(attainment, hc.feedback_rate, hc.gain_max) if hc.enabled else None
+        on = forecast.enabled and hc.enabled
+        self.headroom = Headroom(hc, attainment, poll_s) if on else None
+        self.feedback = AttainmentFeedback(attainment, hc.feedback_rate, hc.gain_max) if on else None
         self.poll_s = poll_s
 
     def size(self, ctx: RoleContext) -> Target:
