@@ -208,7 +208,7 @@ def ratio_phase(url: str, slow_graphs: int, fast_graphs: int) -> dict:
             "max_relative_forecast_difference": worst}
 
 
-def fleet_phase(url: str, graphs: int, timeout: float, workdir: Path) -> dict:
+def fleet_phase(url: str, graphs: int, timeout: float, workdir: Path, env: dict | None = None) -> dict:
     """`pdscaler serve` on the fleet until its warm start is done: wall, CPU and RSS of the tree, polls."""
     import psutil
     import yaml
@@ -218,7 +218,7 @@ def fleet_phase(url: str, graphs: int, timeout: float, workdir: Path) -> dict:
     cfg = workdir / "fleet.yaml"
     cfg.write_text(yaml.safe_dump(fleet_config(graphs, url), sort_keys=False))
     proc = serve_process(cfg, log_level="info", cwd=ROOT, log_path=workdir / "serve.log", start_timeout=300,
-                         stop_timeout=30)
+                         stop_timeout=30, env=env)
     t0 = time.monotonic()
     proc.start()
     root = psutil.Process(proc.proc.pid)
@@ -278,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast-graphs", type=int, default=100, help="graphs fitted as a fleet for the ratio (default 100)")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up on the fleet after this (s)")
     p.add_argument("--skip-fleet", action="store_true", help="only the ratio phase")
+    p.add_argument("--decision-nice", type=int, help="PDSCALER_DECISION_NICE for serve (default: its own, +10)")
+    p.add_argument("--warm-nice", type=int, help="PDSCALER_WARM_NICE for serve (default: its own, +5)")
     p.add_argument("--out", help="write the JSON summary here too")
     args = p.parse_args(argv)
     for name in ("graphs", "slow_graphs", "fast_graphs"):
@@ -294,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_fleet:
             log(f"fleet: pdscaler serve with {args.graphs} graphs")
             with tempfile.TemporaryDirectory(prefix="bench-warmstart-") as d:
-                out["fleet"] = fleet_phase(url, args.graphs, args.timeout, Path(d))
+                env = {k: str(v) for k, v in (("PDSCALER_DECISION_NICE", args.decision_nice),
+                                              ("PDSCALER_WARM_NICE", args.warm_nice)) if v is not None}
+                out["fleet"] = fleet_phase(url, args.graphs, args.timeout, Path(d), env)
     finally:
         fake.terminate()
         fake.join(10)

@@ -43,7 +43,7 @@ log = logging.getLogger("pdscaler.warm_fleet")
 FLEET_MIN_GRAPHS = 20  # fewer graphs: warm-started in the loop, one at a time (a batch pays off from ~60 series)
 CHUNK_GRAPHS = 50  # graphs per worker task (150 series fitted together; the worker's RSS ~200 MB)
 WORKERS = 1  # worker processes (one core; the other serves and decides)
-NICE = 5  # the workers' niceness: polls and gRPC answers first
+NICE = 5  # the workers' niceness over the decision process's (PDSCALER_WARM_NICE): polls and answers first
 RANGE_TIMEOUT = 60.0  # s: a worker's range query (RANGE_BATCH graphs x 10,000 steps) at least this long
 
 Fitted = dict[str, tuple[dict, "float | None"]]  # graph -> (series name -> fitted model, last history time)
@@ -182,9 +182,9 @@ def _trim() -> None:
 
 def worker_main(task: str, outdir: str) -> int:  # pragma: no cover - runs in the worker process
     """`python -m scaler.warm_fleet TASK OUTDIR`: fit each chunk of the task, one result file each."""
-    try:
-        os.nice(NICE)
-    except OSError:
+    try:  # added to the decision process's own niceness
+        os.nice(int(os.environ.get("PDSCALER_WARM_NICE", NICE)))
+    except (OSError, ValueError):
         pass
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config, chunks, end, offset = pickle.loads(Path(task).read_bytes())
