@@ -43,7 +43,8 @@ FORECAST_HORIZONS = (60.0, 300.0, 600.0)
 FIGURES = ("reactive_replicas", "predictive_replicas", "forecast_cap_replicas", "lead_time_s",
            "tokens_per_s_per_replica", "usable_tokens_per_s_per_replica", "usable_kv_tokens_per_replica",
            "arrival_tokens_per_s", "backlog_tokens_per_s", "demand_tokens_per_s", "decode_tokens_per_s",
-           "kv_tokens", "capacity_correction", "serving_gpus", "forecast_gpus", "headroom", "headroom_windows")
+           "kv_tokens", "capacity_correction", "serving_gpus", "forecast_gpus", "headroom", "headroom_windows",
+           "attainment_gain")
 # metrics.detail "dashboard" (the default) exports of these families only what dashboards/ query:
 DASHBOARD_FIGURES = ("reactive_replicas", "predictive_replicas", "forecast_cap_replicas", "serving_gpus", "forecast_gpus",
                      "headroom", "headroom_windows")
