@@ -30,7 +30,7 @@ def test_embedding_example_runs_as_documented(tmp_path, monkeypatch):
         if want.startswith("every input"):
             continue  # explain(): a multi-line account, checked below
         assert want in printed, (want, printed)
-    assert any("prefill (prefill): 11 replicas - forecast" in line for line in printed)
+    assert any("prefill (prefill): 13 replicas - forecast" in line for line in printed)
 
 
 def test_quick_start_shows_the_two_commands():
