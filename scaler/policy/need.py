@@ -81,9 +81,9 @@ class Need:
             gain = self.feedback.gain
             needs = self.headroom.size(needs) * gain
             hr = self.headroom.value
-            # The cap's reference is then the need realised (a backlog included: the headroom is sized
-            # on the peaks it leaves), as the feedback corrects it.
-            cap_ref = reactive.replicas * gain
+            # The cap's reference: the arriving need as the feedback corrects it (the bursts the
+            # minute's rate dilutes show as SLO misses).
+            cap_ref = arriving * gain
             figures |= {"headroom": hr, "headroom_windows": float(self.headroom.samples), "attainment_gain": gain}
             sized_on = f"p50 x headroom {hr:.2f} ({self.headroom.why()}; {self.feedback.why()})"
         needs, cap = self.forecast_cap.apply(ctx.now, cap_ref, needs)
