@@ -338,6 +338,7 @@ class DecisionLoop:
                         log.info("warm start of %s: fitted %s", g, ", ".join(got) or "nothing (no history)")
                 done = set(graphs)
                 self._pending_warm = [g for g in self._pending_warm if g not in done]
+            _trim()  # the cold models' memory, replaced: back to the system
             if error is not None:
                 log.warning("warm start of %d graphs failed in a worker: %s", len(graphs), error)
             elif self.metrics is not None:  # the chunk's time in the worker (query and fit), per graph
@@ -416,6 +417,12 @@ class DecisionLoop:
             self._thread.join(timeout)
         if self._fleet is not None:
             self._fleet.close()
+
+
+def _trim() -> None:
+    from scaler.warm_fleet import malloc_trim
+
+    malloc_trim()
 
 
 def _generic(note: str) -> str:

@@ -167,17 +167,22 @@ def _tail(path: Path) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def _trim() -> None:
-    """Give the memory a chunk freed back to the system (glibc keeps it otherwise)."""
-    import gc
-
-    gc.collect()
+def malloc_trim() -> None:
+    """Give freed heap memory back to the system (glibc keeps it for reuse otherwise)."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _trim() -> None:
+    """The worker, after a chunk: collect, then give what the chunk freed back."""
+    import gc
+
+    gc.collect()
+    malloc_trim()
 
 
 def worker_main(task: str, outdir: str) -> int:  # pragma: no cover - runs in the worker process
