@@ -119,6 +119,18 @@ class _Registry(CollectorRegistry):
             return
         super().register(collector)
 
+    def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """As CollectorRegistry's, the rendered collectors' samples included."""
+        value = super().get_sample_value(name, labels)
+        if value is not None:
+            return value
+        for collector in list(self.rendered):
+            for fam in collector.collect():
+                for sample in fam.samples:
+                    if sample.name == name and sample.labels == (labels or {}):
+                        return sample.value
+        return None
+
     def unregister(self, collector) -> None:
         if collector in self.rendered:
             self.rendered.remove(collector)

@@ -221,3 +221,11 @@ def test_decision_series_text_is_what_prometheus_client_would_write(running):
         reference.register(c)
         assert parsed(mine) == parsed(generate_latest(reference))
     assert len(parsed(collectors[0].render())) > 20
+
+
+def test_registry_sample_lookup_sees_the_decision_series(running):
+    config, clock, engine, store, metrics, source, loop = running
+    want = store.get("g1").roles["decode"].replicas
+    assert metrics.registry.get_sample_value("pdscaler_target_replicas", {"graph": "g1", "role": "decode"}) == want
+    assert metrics.registry.get_sample_value("pdscaler_polls_total") == 12.0
+    assert metrics.registry.get_sample_value("pdscaler_target_replicas", {"graph": "nope", "role": "decode"}) is None
