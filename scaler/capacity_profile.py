@@ -66,9 +66,16 @@ def _sorted_unique(points: list, key: str) -> list:
     return sorted(points, key=lambda p: getattr(p, key))
 
 
-def _interp(points: list, key: str, x: float) -> float:
-    """tokens/s at `x` on a curve sorted by `key`: linear between points, flat beyond the ends."""
-    return float(np.interp(x, [getattr(p, key) for p in points], [p.tokens_per_s for p in points]))
+def _interp(points: list, key: str, x: float, harmonic: bool = False) -> float:
+    """tokens/s at `x` on a curve sorted by `key`, flat beyond the ends; between points linear, or with
+    `harmonic` linear in the time per token (1 / tokens/s), which for a convex falling curve (decode
+    throughput by context: each token reads the whole KV, so its time grows about linearly with the
+    context) lies on the curve's side of the chord instead of above it."""
+    xs = [getattr(p, key) for p in points]
+    ys = np.array([p.tokens_per_s for p in points], dtype=float)
+    if harmonic and (ys > 0).all():
+        return float(1.0 / np.interp(x, xs, 1.0 / ys))
+    return float(np.interp(x, xs, ys))
 
 
 class PrefillProfile(_Model):
@@ -98,8 +105,9 @@ class DecodeProfile(_Model):
         return _sorted_unique(v, "context")
 
     def throughput(self, context: float) -> float:
-        """Decode tokens/s of one replica when sequences hold `context` tokens on average."""
-        return _interp(self.tokens_per_s, "context", context)
+        """Decode tokens/s of one replica when sequences hold `context` tokens on average (harmonic
+        interpolation: see _interp)."""
+        return _interp(self.tokens_per_s, "context", context, harmonic=True)
 
 
 class CapacityProfile(_Model):

@@ -29,7 +29,27 @@ def test_curves_interpolate_and_hold_flat_beyond_the_ends(tmp_path):
     p = load_profile(f)
     assert p.prefill.throughput(5000) == pytest.approx(30000)
     assert p.prefill.throughput(100) == 40000 and p.prefill.throughput(20000) == 20000
-    assert p.decode.throughput(3000) == pytest.approx(10000)
+    # Decode: linear in the time per token between points (harmonic), below the chord's 10,000.
+    assert p.decode.throughput(3000) == pytest.approx(2 / (1 / 12000 + 1 / 8000))
+    assert p.decode.throughput(500) == 12000 and p.decode.throughput(9000) == 8000
+
+
+def test_decode_interpolation_follows_the_convex_curve_not_its_chord():
+    """Where the KV cache bounds the batch, a replica's decode tokens/s is b / itl(b) with b = KV / context:
+    its time per token is affine in the context, so the harmonic interpolation of the shipped profile
+    lands on the emulated hardware's own curve between the profile's points; the chord over-promises."""
+    e = EmulatorProfile()
+    p = capacity_profile(e, 0.5, 0.03).decode
+    kv = float(e.kv_tokens_per_replica)
+    for ctx in (6144.0, 12288.0, 24576.0):
+        b = kv / ctx
+        assert b < e.decode.max_num_seqs  # KV-bound here
+        true = b / e.decode.itl(b)
+        assert p.throughput(ctx) == pytest.approx(true, rel=0.015)  # the profile rounds the batch
+        lo, hi = max(c for c in (4096.0, 8192.0, 16384.0, 32768.0) if c < ctx), min(
+            c for c in (4096.0, 8192.0, 16384.0, 32768.0) if c > ctx)
+        chord = p.throughput(lo) + (p.throughput(hi) - p.throughput(lo)) * (ctx - lo) / (hi - lo)
+        assert chord > true * 1.02  # 2.8-5 % over here
 
 
 def test_longer_prompts_need_more_prefill_replicas_per_token(tmp_path):
