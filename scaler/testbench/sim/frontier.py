@@ -12,10 +12,9 @@ min(TTFT, ITL) attainment). Knobs (`sweeps`):
 - `llmd-keda`: the decode trigger's KV-usage threshold, 0.2 ... 0.8 (the prefill threshold is
   the recipe's, TTFT SLO - ISL / V_p);
 - `planner-load`: the scale-down sensitivity, 0.5 ... 0.9;
-- `pdscaler`: `forecast.quantile` in {0.5, 0.7, 0.9, 0.95} x both roles' `target_utilization` in
-  {0.7, 0.8, 0.9, 1.0} (the defaults are 0.9 / 0.8), and, when the config has the field,
-  `slo.attainment` in {0.9, 0.95, 0.99, 0.995} with the calibrated headroom on
-  (`forecast.headroom.enabled`, when present); applied through the `--config` override path
+- `pdscaler`: the fixed margin (calibrated headroom off): `forecast.quantile` in {0.5, 0.7, 0.9,
+  0.95} x both roles' `target_utilization` in {0.7, 0.8, 0.9, 1.0} (its defaults 0.9 / 0.8); and the
+  calibrated headroom (the default): `slo.attainment` in {0.9, 0.95, 0.99, 0.995}; applied through the `--config` override path
   (engine_config.py) over the user's own `--config`, if any;
 - `oracle`, `planner`: one point each (no knob).
 
@@ -126,7 +125,9 @@ def _pdscaler_variants(ctx: SimContext) -> list[Variant]:
     for q in PDSCALER_QUANTILES:
         quantiles = sorted({0.5, 0.9, q, *((base or {}).get("forecast", {}).get("quantiles") or [])})
         for u in PDSCALER_UTILIZATIONS:
-            doc = pdscaler_overrides(base, forecast={"quantile": q, "quantiles": quantiles}, roles={
+            # The fixed margin these knobs set (the calibrated headroom, on by default, replaces it).
+            doc = pdscaler_overrides(base, forecast={"quantile": q, "quantiles": quantiles,
+                                                     "headroom": {"enabled": False}}, roles={
                 "prefill": {"prefill": {"target_utilization": u}}, "decode": {"decode": {"target_utilization": u}}})
             out.append(Variant("pdscaler", f"quantile={q:g} target_utilization={u:g}", "pdscaler", overrides=doc))
     if "attainment" in Slo.model_fields:
