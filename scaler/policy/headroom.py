@@ -6,8 +6,9 @@ how far the need that actually came exceeded what its forecast planned, and size
 
 - every decision PLANS the need of the coming actuation window [now + lead, now + lead + window]:
   the most the median forecast needs there, at full capacity (the profile's figure at the SLO);
-- as the window passes, the REALISED need is observed (the reactive need at full capacity, its queue
-  included): the window's PEAK, since a burst of a few seconds already breaks TTFT;
+- as the window passes, the REALISED need is observed (the arriving demand's need at full capacity,
+  plus its queue spread over the lead time and the window it had to form in: need.py): the window's
+  PEAK, since a burst of a few seconds already breaks TTFT;
 - when the window has passed, the ratio peak / plan (a plan counts as at least one replica) is one
   sample of the forecast's shortfall, weighted by the requests that arrived in the window: the SLO
   counts requests, and a burst is where they are;
@@ -16,10 +17,14 @@ how far the need that actually came exceeded what its forecast planned, and size
   Predictable traffic gets a headroom near 1 (close to the oracle). On/off traffic, whose bursts come
   out of a near-idle forecast, gets the multiple of one replica that its bursts need: a standing
   capacity near the bursts' peak, which no forecast could have timed.
-- Before there is evidence it is a conservative prior (`headroom.prior`, 2x), which relaxes as
-  settled windows accumulate: the weight of the prior is `prior_weight` worth of windows.
+- Before there is evidence it is a conservative prior (`headroom.prior`, 2x), a floor rather than a
+  cap: evidence above it counts at once, evidence below it relaxes it as settled windows accumulate
+  (the prior weighs `prior_weight` worth of windows).
+- What the minute's rates still dilute shows as SLO misses: the attainment feedback (attainment.py)
+  multiplies the sizing by its gain.
 
-The predictive need is then max(the median forecast's need, one replica) x the headroom (bounded to
+The predictive need is then max(the median forecast's need, one replica) x the headroom (a plan of
+no demand at all stays at none) (bounded to
 [`headroom.min`, `headroom.max`]), applied as the ratios were measured; it never goes below the
 reactive need (need.py takes the larger). The pending plans and the samples (a histogram of log-ratios, so that the quantile costs
 the same whatever the window) are this rule's state, one per role.

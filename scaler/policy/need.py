@@ -2,12 +2,14 @@
 
 - reactive need: the capacity rule (scaler/capacity.py) on the observed demand, with the profile
   corrected online from observed latency (scaler/correction.py);
-- predictive need: the same rule on the forecast demand (quantile `forecast.quantile`) at every
-  horizon, capped (forecast_cap.py), and its maximum over [now + lead, now + lead + decision_window],
-  lead = the role's (learned) warm start-up time;
+- predictive need: the same rule on the forecast demand at every horizon, capped (forecast_cap.py),
+  and its maximum over [now + lead, now + lead + decision_window], lead = the role's (learned) warm
+  start-up time. By default the demand is the median forecast at full capacity times the calibrated
+  headroom (headroom.py) and the attainment feedback's gain (attainment.py); with
+  `forecast.headroom.enabled: false`, the `forecast.quantile` forecast at `target_utilization`;
 - need = the larger: the forecast only ever adds capacity above the reactive need.
 
-The role's correction and forecast cap are this rule's state. The predicted replicas per horizon go
+The role's correction, forecast cap, headroom and feedback are this rule's state. The predicted replicas per horizon go
 with the target (`Target.forecast_needs`) for the lead-time floor and the warm pool.
 """
 
