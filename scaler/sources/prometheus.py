@@ -164,8 +164,15 @@ class PrometheusSource:
         return batches, singles
 
     def _post(self, promql: str, now: float) -> list[dict]:
-        r = self.session.post(f"{self.src.url}/api/v1/query", data={"query": promql, "time": f"{now:.3f}"},
-                              timeout=self.src.timeout)
+        return self._api("query", {"query": promql, "time": f"{now:.3f}"})
+
+    def _post_range(self, promql: str, start: float, end: float, step: float) -> list[dict]:
+        return self._api("query_range", {"query": promql, "start": round(start), "end": round(end),
+                                         "step": promql_window(step)})
+
+    def _api(self, endpoint: str, data: dict) -> list[dict]:
+        """One POST to Prometheus' HTTP API; its result, or ValueError naming what failed."""
+        r = self.session.post(f"{self.src.url}/api/v1/{endpoint}", data=data, timeout=self.src.timeout)
         if r.status_code != 200:
             raise ValueError(f"HTTP {r.status_code}: {r.text[:200]}")
         body = r.json()
@@ -319,17 +326,6 @@ class PrometheusSource:
             if not down:
                 out[g] = self.history(g, wanted, start, end, step)
         return out
-
-    def _post_range(self, promql: str, start: float, end: float, step: float) -> list[dict]:
-        r = self.session.post(f"{self.src.url}/api/v1/query_range",
-                              data={"query": promql, "start": round(start), "end": round(end),
-                                    "step": promql_window(step)}, timeout=self.src.timeout)
-        if r.status_code != 200:
-            raise ValueError(f"HTTP {r.status_code}: {r.text[:200]}")
-        body = r.json()
-        if body.get("status") != "success":
-            raise ValueError(str(body.get("error", body))[:200])
-        return body["data"]["result"]
 
     def _deadline_note(self) -> str:
         return f"{DEADLINE} ({self.poll_deadline:g}s)"
