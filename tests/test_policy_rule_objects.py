@@ -4,10 +4,8 @@ and the state it keeps between decisions."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
-import pytest
 
 from scaler.config import GraphConfig, RoleConfig
 from scaler.observation import Observation
@@ -225,22 +223,3 @@ def test_a_rise_within_the_hpa_tolerance_is_rounded_up_to_one_it_acts_on():
         t = target(value)
         HpaTolerance(tol).apply(ctx(g, current=current), t)
         assert t.value == value and t.steps == []
-
-
-def test_the_headroom_samples_a_queue_spread_over_the_time_it_had_to_form():
-    """A queue left by a slow start drains in backlog_drain (30 s) for sizing, but as a sample of how far
-    the realised need exceeded the plan it is spread over the lead time and the decision window: else one
-    such window reads as a burst several times the plan and holds the headroom there for a day."""
-    from scaler.config import ForecastConfig
-    from scaler.policy.need import Need
-
-    g = graph(decision_window=60)
-    need = Need(ForecastConfig(), 0.99, 15.0)
-    signals = {"request_rate": 10.0, "isl_mean": 2000.0}  # 20k tokens/s = 0.5 replica at 40k
-    c = ctx(g, signals=signals, role_signals={"prefill_queued_tokens": 1_200_000.0, "ready_workers": 4.0})
-    t = need.size(c)
-    reactive = t.figures["reactive_replicas"]
-    assert reactive == pytest.approx((20_000 + 1_200_000 / 30) / 40_000)  # sizing drains it in 30 s
-    assert t.figures["arriving_replicas"] == pytest.approx(0.5)
-    realised = need._realised(c, SimpleNamespace(replicas=reactive, figures=t.figures), 0.5)
-    assert realised == pytest.approx(0.5 + 1_200_000 / (90 + 60) / 40_000)  # 0.7 replicas, not 1.5

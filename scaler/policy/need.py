@@ -75,7 +75,7 @@ class Need:
         cap_ref = arriving
         if self.headroom:
             requests = ctx.signals.get("request_rate", 0.0) * self.poll_s
-            self.headroom.observe(ctx.now, self._realised(ctx, reactive, arriving), requests)
+            self.headroom.observe(ctx.now, reactive.replicas, requests)
             planned = needs[window][np.isfinite(needs[window])]
             if planned.size:
                 self.headroom.plan(ctx.now, ctx.warm_s, ctx.graph.decision_window, float(planned.max()))
@@ -112,17 +112,6 @@ class Need:
                    inputs={**ctx.signals, **ctx.role_signals}, figures=figures, forecast_needs=needs)
         t.note(rule, f"{t.value} ({message})")
         return t
-
-    def _realised(self, ctx: RoleContext, reactive: CapacityNeed, arriving: float) -> float:
-        """The need realised now, for the headroom's samples: the arriving demand's, plus a queue spread
-        over the time it had to form (the lead time and the decision window), not over the 30 s it is
-        drained in: a queue left by a slow start (or an outage) would otherwise read as a burst several
-        times the plan and hold the headroom there for a day (m-mid: 8.5x)."""
-        backlog = reactive.figures.get("backlog_tokens_per_s", 0.0) * ctx.config.prefill.backlog_drain
-        usable = reactive.figures.get("usable_tokens_per_s_per_replica", 0.0)
-        if ctx.kind != "prefill" or backlog <= 0 or usable <= 0:
-            return reactive.replicas
-        return arriving + backlog / (ctx.warm_s + ctx.graph.decision_window) / usable
 
     def _feedback(self, ctx: RoleContext, requests: float) -> None:
         """This poll's latency verdict, net of what no replica can shorten (attainment.py)."""
