@@ -254,6 +254,10 @@ async def _serve(config, host: str, port: int, http_port: int | None = None, tls
     return 0
 
 
+UNSHARDED_ADDRESS = "pdscaler.pdscaler.svc.cluster.local:6000"
+SHARD_ADDRESS = "pdscaler-shard-{shard}.pdscaler.svc.cluster.local:6000"  # manifests/overlays/sharded
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     """Print ScaledObjects for a DGD's prefill and decode adapters, and the matching config."""
     import yaml
@@ -278,8 +282,19 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not 0 <= args.min_replicas <= args.max_replicas or args.max_replicas < 1:
         print("pdscaler render: need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1", file=sys.stderr)
         return 2
+    address = args.scaler_address or (SHARD_ADDRESS if args.shards > 1 else UNSHARDED_ADDRESS)
+    if args.shards < 1 or (args.shards > 1 and "{shard}" not in address):
+        print("pdscaler render: --shards must be >= 1, and with more than one the --scaler-address must "
+              "hold {shard} (e.g. " + SHARD_ADDRESS + ")", file=sys.stderr)
+        return 2
+    if args.shards > 1:  # the Service of the shard that owns this graph (sharding.shard_of)
+        from scaler.config import ShardingConfig
+
+        md = dgds[0].get("metadata") or {}
+        ns = args.namespace or md.get("namespace") or "default"
+        address = address.format(shard=ShardingConfig(shards=args.shards, index=0).shard_of(str(md.get("name")), ns))
     try:
-        objects, snippet = render(dgds[0], args.namespace, scaler_address=args.scaler_address,
+        objects, snippet = render(dgds[0], args.namespace, scaler_address=address,
                                   min_replicas=args.min_replicas, max_replicas=args.max_replicas)
     except RenderError as e:
         print(f"pdscaler render: {e}", file=sys.stderr)
@@ -460,8 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     rd = sub.add_parser("render", help="ScaledObjects and config attaching pdscaler to a DynamoGraphDeployment")
     rd.add_argument("--dgd", required=True, help="a DynamoGraphDeployment manifest (YAML or JSON; '-' = stdin)")
     rd.add_argument("--namespace", help="namespace of the ScaledObjects (default: the DGD's, else default)")
-    rd.add_argument("--scaler-address", default="pdscaler.pdscaler.svc.cluster.local:6000",
-                    help="pdscaler's gRPC address as KEDA reaches it (default: the manifests' Service)")
+    rd.add_argument("--scaler-address", help="pdscaler's gRPC address as KEDA reaches it (default: the manifests' "
+                    f"Service, {UNSHARDED_ADDRESS}; with --shards, {SHARD_ADDRESS}: {{shard}} is the graph's shard)")
+    rd.add_argument("--shards", type=int, default=1, help="the fleet is split over this many pdscaler shards "
+                    "(sharding.shards): point the ScaledObjects at the shard that owns the graph")
     rd.add_argument("--min-replicas", type=int, default=1)
     rd.add_argument("--max-replicas", type=int, default=16)
     rd.add_argument("--config-out", help="write the config snippet to this file instead of as comments")

@@ -102,3 +102,24 @@ def test_render_cli_errors_exit_2(tmp_path):
     assert out.returncode == 2 and "no scaling adapter on VllmPrefillWorker" in out.stderr and out.stdout == ""
     two = run_cli("--dgd", "-", stdin=yaml.safe_dump_all([example_dgd(), copy.deepcopy(example_dgd())]))
     assert two.returncode == 2 and "exactly one DynamoGraphDeployment" in two.stderr
+
+
+def test_render_with_shards_points_each_graph_at_the_shard_the_sharded_overlay_uses():
+    """The sharded overlay's ScaledObjects name the Service of the shard owning each graph
+    (sharding.shard_of); render --shards computes the same address for a DGD of that name."""
+    sharded = OVERLAY.parent / "sharded" / "scaledobjects.yaml"
+    shipped = [d for d in yaml.safe_load_all(sharded.read_text()) if d]
+    by_graph = {}
+    for so in shipped:
+        md = so["spec"]["triggers"][0]["metadata"]
+        by_graph[(md["graph"], md["namespace"])] = md["scalerAddress"]
+    assert len(set(by_graph.values())) == 2  # both shards serve some graph
+    for (graph, ns), address in by_graph.items():
+        dgd = example_dgd()
+        dgd["metadata"]["name"] = graph
+        out = run_cli("--dgd", "-", "--namespace", ns, "--shards", "2", stdin=yaml.safe_dump(dgd))
+        assert out.returncode == 0, out.stderr
+        objects = [d for d in yaml.safe_load_all(out.stdout) if d]
+        assert {o["spec"]["triggers"][0]["metadata"]["scalerAddress"] for o in objects} == {address}
+    bad = run_cli("--dgd", "-", "--shards", "2", "--scaler-address", "x:6000", stdin=yaml.safe_dump(example_dgd()))
+    assert bad.returncode == 2 and "{shard}" in bad.stderr and bad.stdout == ""
