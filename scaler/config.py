@@ -80,6 +80,10 @@ class Stabilisation(_Model):
 
     scale_up: Duration = Field(0.0, description="scale-up stabilisation window")
     scale_down: Duration = Field(300.0, description="scale-down stabilisation window")
+    forecast_scale_down: Duration | None = Field(
+        60.0, ge=0, description="the scale-down window while the calibrated forecast has settled on its own evidence "
+        "(a fall then also keeps what the forecast needs until a replica could be back); null = always scale_down"
+    )
 
 
 class MaxStep(_Model):

@@ -36,6 +36,15 @@ def test_predictable_traffic_relaxes_to_the_shortfall_it_has():
     assert "settled windows" in h.why()
 
 
+def test_it_is_settled_once_its_own_windows_outweigh_the_prior():
+    h = Headroom(HeadroomConfig(enabled=True, prior=2.0, prior_weight=600.0), 0.99, POLL)  # 40 windows
+    run(h, np.full(30, 10.0), np.full(30, 10.0), np.full(30, 1.0))
+    assert 0 < h.samples < 40 and not h.settled
+    h = Headroom(HeadroomConfig(enabled=True, prior=2.0, prior_weight=600.0), 0.99, POLL)
+    run(h, np.full(60, 10.0), np.full(60, 10.0), np.full(60, 1.0))
+    assert h.samples >= 40 and h.settled
+
+
 def test_bursts_that_carry_the_requests_set_the_headroom_even_if_rare_in_time():
     """1 window in 20 holds a burst 6x the plan but 80 % of the requests: p99 of requests needs ~6x."""
     cfg = HeadroomConfig(enabled=True, prior=2.0, prior_weight=0.0)

@@ -114,6 +114,35 @@ def test_stabilisation_holds_a_fall_for_its_window_but_never_an_emergency():
     assert t.value == 9 and t.steps == []
 
 
+def test_a_settled_forecast_shortens_the_scale_down_window_but_keeps_what_it_needs_until_a_replica_is_back():
+    g = graph()  # defaults: scale_down 300 s, forecast_scale_down 60 s, decision window 60 s
+    needs = np.where(HORIZONS <= 150.0, 5.0, 2.0)  # the forecast needs 5 until +150 s, then 2
+
+    def fall(settled: bool, forecast_needs=None) -> Target:
+        rule = Stabilisation(g.roles["prefill"].stabilisation)
+        rule.remember(0.0, 8)
+        t = target(3, needs=forecast_needs)
+        t.forecast_settled = settled
+        rule.apply(ctx(g, now=100.0, current=8, warm_s=90.0), t)
+        return t
+
+    assert fall(settled=False, forecast_needs=needs).value == 8  # the HPA's 300 s hold
+    assert fall(settled=True).value == 8  # settled, but no forecast: still held
+    t = fall(settled=True, forecast_needs=needs)
+    # The 8 recommended 100 s ago has left the 60 s window, but a replica released now is back only
+    # 90 + 60 s later, and the forecast needs 5 until then.
+    assert (t.value, t.rule) == (5, Rule.STABILISATION) and "within 150s" in t.message
+    t = fall(settled=True, forecast_needs=np.full(len(HORIZONS), 2.0))
+    assert t.value == 3  # the forecast needs less than the recommendation: the fall goes through
+    off = graph({"prefill": {"kind": "prefill", "stabilisation": {"forecast_scale_down": None}}})
+    rule = Stabilisation(off.roles["prefill"].stabilisation)
+    rule.remember(0.0, 8)
+    t = target(3, needs=np.full(len(HORIZONS), 2.0))
+    t.forecast_settled = True
+    rule.apply(ctx(off, now=100.0, current=8), t)
+    assert t.value == 8  # turned off: always the scale-down window
+
+
 def test_no_cascade_holds_while_replicas_start_unless_an_emergency():
     g = graph()
     starting = dict(current=6, role_signals={"ready_workers": 4})

@@ -62,6 +62,7 @@ class Target:
     figures: dict[str, float] = field(default_factory=dict)
     steps: list[str] = field(default_factory=list)
     forecast_needs: np.ndarray | None = None  # predicted replicas per horizon (need.py), for the floors and the warm pool
+    forecast_settled: bool = False  # the calibrated headroom rests on its own evidence (stabilisation.py)
     held: bool = False  # held for want of data: no later rule may lower it
     emergency: bool = False  # the safety net stepped: stabilisation and no-cascade do not delay it
 

@@ -59,6 +59,11 @@ class Headroom:
     def samples(self) -> int:
         return len(self._samples)
 
+    @property
+    def settled(self) -> bool:
+        """The headroom rests on its own evidence: the settled windows outweigh the prior."""
+        return len(self._samples) >= max(self._prior_n, 1.0)
+
     def observe(self, now: float, realised: float, requests: float) -> None:
         """The need realised now (replicas at full capacity) and the requests that arrived since the
         last poll: they raise the peak and the weight of every window they are in; the windows that

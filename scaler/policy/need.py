@@ -109,7 +109,8 @@ class Need:
             figures["forecast_cap_replicas"] = cap
             message += "; " + self.forecast_cap.note(cap)
         t = Target(ctx.role, ctx.kind, max(0, math.ceil(raw - 1e-9)), rule, message,
-                   inputs={**ctx.signals, **ctx.role_signals}, figures=figures, forecast_needs=needs)
+                   inputs={**ctx.signals, **ctx.role_signals}, figures=figures, forecast_needs=needs,
+                   forecast_settled=self.headroom is not None and self.headroom.settled and predictive is not None)
         t.note(rule, f"{t.value} ({message})")
         return t
 
