@@ -15,13 +15,13 @@ back (the start-up time plus the decision window).
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from scaler.policy.context import RoleContext, Target
+from scaler.policy.floors import lead_time_floor
 from scaler.policy.rule import Rule
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class Stabilisation:
         if trusted and v < ctx.current:  # a fall: no lower than the forecast until a replica could be back
             back = ctx.warm_s + ctx.graph.decision_window
             ahead = t.forecast_needs[(ctx.horizons <= back + 1e-9) & np.isfinite(t.forecast_needs)]
-            keep = math.ceil(float(ahead.max()) - 1e-9) if ahead.size else 0
+            keep = lead_time_floor(ahead.tolist())
             if keep > v:
                 v = min(ctx.current, keep)
                 note = f"the forecast needs {keep} within {back:.0f}s (start-up + decision window)"
