@@ -208,6 +208,17 @@ def ratio_phase(url: str, slow_graphs: int, fast_graphs: int) -> dict:
             "max_relative_forecast_difference": worst}
 
 
+def _process_kind(p, root) -> str:
+    """serving (the `serve` process), decision (its child), warm-start worker (the decision process's
+    children), or the multiprocessing resource tracker."""
+    if p.pid == root.pid:
+        return "serving"
+    cmd = " ".join(p.cmdline())
+    if "resource_tracker" in cmd:
+        return "resource tracker"
+    return "decision" if p.ppid() == root.pid else "warm-start worker"
+
+
 def fleet_phase(url: str, graphs: int, timeout: float, workdir: Path, env: dict | None = None) -> dict:
     """`pdscaler serve` on the fleet until its warm start is done: wall, CPU and RSS of the tree, polls."""
     import psutil
@@ -224,6 +235,7 @@ def fleet_phase(url: str, graphs: int, timeout: float, workdir: Path, env: dict 
     root = psutil.Process(proc.proc.pid)
     cpu: dict[int, float] = {}
     rss_max, rss_at_done = 0.0, None
+    rss_each: dict[str, float] = {}  # the largest RSS of each process of the tree, by what it is
     polls: list[tuple[float, float]] = []
     done_at = None
     done = re.compile(r"warm start of the fleet done in (\d+) s \((\d+) CPU-s in workers\)")
@@ -237,7 +249,10 @@ def fleet_phase(url: str, graphs: int, timeout: float, workdir: Path, env: dict 
             rss = 0.0
             for p in procs:
                 try:
-                    rss += p.memory_info().rss
+                    one = p.memory_info().rss
+                    rss += one
+                    what = _process_kind(p, root)
+                    rss_each[what] = max(rss_each.get(what, 0.0), one)
                     ct = p.cpu_times()
                     cpu[p.pid] = ct.user + ct.system
                 except psutil.Error:
@@ -267,6 +282,7 @@ def fleet_phase(url: str, graphs: int, timeout: float, workdir: Path, env: dict 
             "worker_cpu_s": float(line.group(2)) if line else None,
             "tree_cpu_s": sum(cpu.values()), "tree_rss_max_mib": rss_max / 2**20,
             "tree_rss_at_done_mib": (rss_at_done or 0) / 2**20,
+            "rss_max_by_process_mib": {k: round(v / 2**20, 1) for k, v in sorted(rss_each.items())},
             "polls": polls[-1][1] if polls else 0, "poll_gap_max_s": max(gaps) if gaps else None,
             "poll_gap_mean_s": sum(gaps) / len(gaps) if gaps else None}
 

@@ -51,13 +51,11 @@ class Engine:
         self.config = config
         self._latest: dict[str, Observation] = {}
         self._forecast_errors: dict[str, str] = {}  # graph -> why its forecast models failed
-        fc = config.forecast
-        params = MODELS[fc.model].live_params if live else None
-        self._forecasters = {
-            g: DemandForecaster(fc.model, step_s=config.poll_interval, seed=fc.seed, quantiles=fc.quantiles,
-                                model_params=params)
-            for g in config.graphs
-        }
+        # Built at a graph's first observation or warm start (_forecaster): an Engine that only answers
+        # the floors (the serving process's first answers) or checks a reloaded config does not hold
+        # a fleet's models (~270 MB at 1,000 graphs).
+        self._model_params = MODELS[config.forecast.model].live_params if live else None
+        self._forecasters: dict[str, DemandForecaster] = {}
         self._profiles = {g: gcfg.capacity_profile() for g, gcfg in config.graphs.items()}
         self._rules = {g: {r: RoleRules.of(config, gcfg, rc) for r, rc in gcfg.roles.items()}
                        for g, gcfg in config.graphs.items()}
@@ -92,7 +90,7 @@ class Engine:
         kv_per_replica = self._profiles[obs.graph].decode.kv_tokens
         values, kv = demand_values(clean, self.config.graphs[obs.graph], kv_per_replica)
         try:
-            self._forecasters[obs.graph].observe(clean.at, values, kv)
+            self._forecaster(obs.graph).observe(clean.at, values, kv)
             self._forecast_errors.pop(obs.graph, None)
         except Exception as e:  # a broken model must not lose the observation: decisions go reactive
             self._forecast_errors[obs.graph] = f"forecast model failed to update ({_brief(e)})"
@@ -127,7 +125,7 @@ class Engine:
         graph's fit starts there (the points observed meanwhile are kept), `fitted=(models, last_t)` to
         adopt its models (those points replayed into them)."""
         self.graph_config(graph)
-        forecaster = self._forecasters[graph]
+        forecaster = self._forecaster(graph)
         if pending:
             forecaster.begin_warm_start()
             return []
@@ -136,7 +134,17 @@ class Engine:
         return forecaster.warm_start(history or {})
 
     def forecast(self, now: float, graph: str, horizons: list[float] | None = None) -> DemandForecast:
-        return self._forecasters[graph].forecast(now, horizons or [self.config.forecast.horizon])
+        return self._forecaster(graph).forecast(now, horizons or [self.config.forecast.horizon])
+
+    def _forecaster(self, graph: str) -> DemandForecaster:
+        f = self._forecasters.get(graph)
+        if f is None:
+            self.graph_config(graph)  # UnknownGraph
+            fc = self.config.forecast
+            f = self._forecasters[graph] = DemandForecaster(
+                fc.model, step_s=self.config.poll_interval, seed=fc.seed, quantiles=fc.quantiles,
+                model_params=self._model_params)
+        return f
 
     def latest(self, graph: str) -> Observation | None:
         return self._latest.get(graph)
@@ -216,8 +224,8 @@ class Engine:
 
     def _forecast(self, now: float, graph: str, horizons: np.ndarray) -> tuple[DemandForecast | None, str | None]:
         """The graph's forecast over the horizon grid, or None with a note saying why there is none."""
-        if not self.config.forecast.enabled:
-            return None, None
+        if not self.config.forecast.enabled or graph not in self._forecasters:
+            return None, None  # off, or nothing observed nor warm-started yet: nothing to forecast from
         try:
             forecast, note = self.forecast(now, graph, [float(h) for h in horizons]), None
         except Exception as e:  # size on observed demand alone; the reason says why

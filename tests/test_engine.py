@@ -77,6 +77,19 @@ def test_no_data_answers_the_floor_with_reason(config):
     assert "no observation yet" in str(d.reasons["prefill"])
 
 
+def test_answering_the_floors_builds_no_forecast_models():
+    """The serving process's first answers (and a reload's check) come from an Engine that never
+    observes: it must not build a fleet's forecasters (~270 MB at 1,000 graphs); the first
+    observation builds a graph's."""
+    e = Engine(make_config())
+    assert all(r.rule == "no-data" for r in e.decide(now=100).reasons.values())
+    assert e._forecasters == {}
+    e.observe(obs(100))
+    assert list(e._forecasters) == ["g1"]
+    with pytest.raises(UnknownGraph):
+        e.forecast(100, "nope")
+
+
 def test_stale_data_holds_and_never_scales_down(config):
     e = Engine(config)
     e.observe(obs(0, rate=100))

@@ -7,7 +7,9 @@ from scaler.config import ScalerConfig
 from scaler.testbench.emulator.profile import EmulatorProfile
 from scaler.observation import sanitize
 from scaler.testbench.sim.context import SimContext
-from scaler.testbench.sim.engine_config import engine_config
+from scaler.capacity_profile import flat_profile, profile_yaml
+from scaler.testbench.sim.engine_config import GRAPH, engine_config
+from scaler.testbench.sim.sizing import decode_tokens_per_s_per_replica
 from scaler.testbench.sim.fluid import FluidGraph
 from scaler.signals import GRAPH_SIGNALS, role_signals
 from scaler.testbench.sim.policies.pdscaler import observation
@@ -54,6 +56,25 @@ def test_what_pdscaler_is_fed_passes_the_engines_sanitizer_and_the_config_valida
     assert set(obs.signals) == {s.name for s in GRAPH_SIGNALS} - {"inflight_requests"}
     for role in ("prefill", "decode"):
         assert set(obs.roles[role]) == {s.name for s in role_signals(role)}
+
+
+def test_pdscaler_in_the_replay_knows_the_simulated_hardware_as_the_baselines_do(tmp_path):
+    """The baselines size on the simulated hardware (ctx.profile); pdscaler gets its capacity profile at
+    the replay's SLOs (what Dynamo's profiler would measure on it), not the config's flat defaults
+    (10k decode tokens/s against the emulated 15.8k at 30 ms); `--profile` still replaces it."""
+    from scaler.testbench.emulator.profile import EmulatorProfile, capacity_profile
+
+    hw = EmulatorProfile()
+    ctx = SimContext(synthetic(np.full(10, 1.0), 100, 10), itl_slo=0.012)  # an SLO that binds the batch
+    got = engine_config(ctx).graphs[GRAPH].capacity_profile()
+    assert got == capacity_profile(hw, ctx.ttft_slo, 0.012)
+    assert got.decode.throughput(1000) == pytest.approx(
+        float(decode_tokens_per_s_per_replica(hw, np.array([900.0]), np.array([200.0]), 0.012)[0]), rel=0.01)
+    assert got.decode.throughput(1000) < capacity_profile(hw, ctx.ttft_slo, 0.03).decode.throughput(1000)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(profile_yaml(flat_profile(40_000, 10_000, 896_000)))
+    mine = SimContext(ctx.workload, profile_path=str(flat))
+    assert engine_config(mine).graphs[GRAPH].capacity_profile().decode.throughput(1000) == 10_000
 
 
 def test_weighted_quantile():

@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Mapping
 
 import numpy as np
@@ -80,6 +81,8 @@ def demo_config_dict(metrics_url: str, max_replicas: dict[str, int]) -> dict[str
         "graphs": {
             GRAPH: {
                 "namespace": NAMESPACE,
+                # the emulated hardware's profile, as an operator gives their own (Dynamo's profiler)
+                "profile": str(resources.files("scaler").joinpath("data/profile.emulated.yaml")),
                 "roles": {
                     "prefill": {"kind": "prefill", "min_replicas": 1, "max_replicas": max_replicas["prefill"],
                                 "component": "PrefillWorker"},

@@ -2,8 +2,10 @@
 
 A graph `sim` with roles prefill and decode (min 1, max `ctx.max_replicas`) and a `warm` role
 (balloon pods keeping GPU nodes provisioned, min 0), everything else at pdscaler's defaults; the
-graph's `slo` are the backtest's SLOs, `profile` the `--profile` file, and each role's `startup`
-the simulated cluster's start-up delays, as an operator would configure them for their cluster.
+graph's `slo` are the backtest's SLOs, and `profile` the capacity profile of the simulated hardware at
+those SLOs (what Dynamo's profiler would measure on it, as the baselines know it too), or the
+`--profile` file instead (a profile that may not match the hardware); each role's `startup` is the
+simulated cluster's start-up delays, as an operator would configure them for their cluster.
 `--config FILE` applies a user's config over it (`merge_overrides`).
 """
 
@@ -14,6 +16,7 @@ from typing import Any, Mapping, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from scaler.config import GraphConfig, RoleConfig, ScalerConfig, Slo, Startup
+from scaler.testbench.emulator.profile import capacity_profile
 from scaler.testbench.sim.context import SimContext
 
 GRAPH = "sim"
@@ -32,7 +35,8 @@ def engine_config(ctx: SimContext, poll_interval: float = 15.0) -> ScalerConfig:
     # The simulated HPA runs Kubernetes' default tolerance (actuation.py), but pdscaler is not told
     # (hpa_tolerance 0): rounding rises up to what it acts on cost m-mid 4 % more GPU-hours for the
     # same attainment (BENCHMARKS "Decisions, round 2"); `--config` can turn it on.
-    graph = GraphConfig(roles=roles, slo=Slo(ttft_s=ctx.ttft_slo, itl_s=ctx.itl_slo), profile=ctx.profile_path)
+    profile = ctx.profile_path or capacity_profile(ctx.profile, ctx.ttft_slo, ctx.itl_slo)
+    graph = GraphConfig(roles=roles, slo=Slo(ttft_s=ctx.ttft_slo, itl_s=ctx.itl_slo), profile=profile)
     out = ScalerConfig(poll_interval=poll_interval, stale_after=90, graphs={GRAPH: graph})
     return merge_overrides(out, ctx.engine_overrides) if ctx.engine_overrides else out
 
