@@ -103,6 +103,11 @@ class Startup(_Model):
         "null: no cold starts (a static node pool, or nodes kept ahead by a warm role)"
     )
     learn: bool = Field(True, description="learn the warm start-up time from observed rollouts")
+    lead: Literal["configured", "observed"] = Field(
+        "configured", description="the start-up time a rise is planned on: `configured` = the warm time with a "
+        "warm role, else the cold one; `observed` = what the role's starts took (p90 of the last 20: cold where "
+        "the warm pool does not cover the rises; more attainment, more GPU-hours, BENCHMARKS round 5)"
+    )
 
     @property
     def cold_s(self) -> float:

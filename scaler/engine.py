@@ -252,6 +252,7 @@ class Engine:
                 now=now, role=role, config=rcfg, graph=gcfg, profile=self._profiles[graph],
                 signals=obs.signals if obs else {}, role_signals=role_signals, forecast=forecast,
                 horizons=horizons, quantile=self.config.forecast.quantile, current=current, previous=r.target,
+                lead_s=r.startup.lead_s(r.startup.warm_s if has_warm else r.startup.cold_s),
                 warm_s=r.startup.warm_s, cold_s=r.startup.cold_s, has_warm_role=has_warm)
         return out
 

@@ -102,6 +102,67 @@ def test_correction_ignores_overload_and_idle():
     assert c.factor == 1.0
 
 
+def test_the_lead_is_what_starts_take_not_the_kind_they_are_meant_to_be():
+    """With `startup.lead: observed`: balloon pods are meant to make starts warm; where they do not
+    cover the rises, starts are cold and the lead a rise is planned on follows them (the 90th
+    percentile of recent starts, within the warm and cold times in use); before evidence, and by
+    default, it is the configured time."""
+    s = StartupTracker(warm_s=90, cold_s=300, alpha=0.3, observed_lead=True)
+    default = StartupTracker(warm_s=90, cold_s=300, alpha=0.3)
+    assert s.lead_s(90.0) == 90.0
+    t = 0.0
+    for i in range(6):  # mostly cold starts (300 s), one warm in six
+        for tracker in (s, default):
+            tracker.observe(t, target=i + 1, ready=i)
+            tracker.observe(t + (90 if i == 0 else 300), target=i + 1, ready=i + 1)
+        t += 1000
+    assert s.lead_s(90.0) == pytest.approx(300.0, abs=1)
+    assert default.lead_s(90.0) == 90.0
+    for i in range(6, 30):  # the warm pool now covers them: warm starts
+        s.observe(t, target=i + 1, ready=i)
+        s.observe(t + 95, target=i + 1, ready=i + 1)
+        t += 1000
+    assert s.lead_s(90.0) < 100
+    fixed = StartupTracker(warm_s=90, cold_s=300, learn=False, observed_lead=True)
+    assert fixed.lead_s(300.0) == 300.0
+
+
+def test_correction_learns_a_faster_gpu_only_from_capacity_shown():
+    """Replicas that served 1.5x the profile's capacity for whole windows within the ITL target have
+    shown it: the factor rises to what they served (no further), within max_factor, and stays there
+    while latency holds; a breach at or under capacity brings it back down."""
+    c = CapacityCorrection(max_factor=2.0)
+    for i in range(40):  # 10 min at 1.5x the profile, 8 replicas throughout, ITL well within 30 ms
+        c.update(i * 15.0, observed_s=0.016, target_s=0.03, load=1.5 / c.factor, ready=8)
+    assert c.factor == pytest.approx(1.5, rel=0.02)
+    for i in range(40, 200):  # sized on it now: load under 1, latency fine: no drift either way
+        c.update(i * 15.0, observed_s=0.016, target_s=0.03, load=0.9, ready=10)
+    assert c.factor == pytest.approx(1.5, rel=0.02)
+    for i in range(200, 600):  # the hardware got slower: breaches under capacity
+        c.update(i * 15.0, observed_s=0.06, target_s=0.03, load=0.9, ready=10)
+    assert c.factor < 1.0
+
+
+def test_correction_takes_no_rise_from_a_changing_pool_a_breach_or_a_wild_reading():
+    # The ready count changed within the window: its rate was served by more replicas than the count.
+    c = CapacityCorrection(shown_over_s=60)
+    for i in range(40):
+        c.update(i * 15.0, observed_s=0.016, target_s=0.03, load=1.5, ready=8 + i % 2)
+    assert c.factor == 1.0
+    # Above capacity and breaching: under-provisioned, not a faster GPU.
+    for i in range(40, 80):
+        c.update(i * 15.0, observed_s=0.05, target_s=0.03, load=1.5, ready=8)
+    assert c.factor == 1.0
+    # No ready count (unknown pool): nothing shown.
+    for i in range(80, 120):
+        c.update(i * 15.0, observed_s=0.016, target_s=0.03, load=1.5)
+    assert c.factor == 1.0
+    # A wild load reading: bounded by max_factor.
+    for i in range(120, 200):
+        c.update(i * 15.0, observed_s=0.016, target_s=0.03, load=50.0, ready=8)
+    assert c.factor == pytest.approx(2.0)
+
+
 def test_startup_tracker_learns_warm_and_cold_times():
     s = StartupTracker(warm_s=90, cold_s=390, alpha=0.5)
     s.observe(0, target=1, ready=1)

@@ -194,3 +194,29 @@ def test_the_engine_raises_the_gain_on_capacity_misses_only():
     for i in range(6):
         r = poll(e, i * 15.0, ttft_p99=3.0, ready=10.0, desired=14.0)
     assert r.figures["attainment_gain"] == 1.0
+
+
+def test_a_queue_while_replicas_start_is_the_start_ups_not_the_forecasts():
+    """The headroom learns the realised peak need, queue included; but a queue that forms while the
+    replicas asked for are still starting (a cold start) is not demand the forecast missed: it counts
+    the arriving demand then, and a day of such queues does not inflate the headroom."""
+    from scaler.observation import Observation
+
+    def run(desired: float) -> float:
+        e = engine_with_feedback()
+        r = None
+        for i in range(400):  # 100 min of steady demand; a 4M-token queue forms every 10 minutes
+            queued = 4e6 if i % 40 == 20 else 0.0
+            o = Observation("g", i * 15.0, {"request_rate": 100.0, "isl_mean": 2000.0, "isl_p99": 2000.0,
+                                            "osl_mean": 100.0, "kv_block_size": 16.0, "ttft_p99": 0.1},
+                            {"prefill": {"prefill_queued_tokens": queued, "ready_workers": 10.0,
+                                         "ready_replicas": 10.0, "desired_replicas": desired if queued else 10.0},
+                             "decode": {"kv_active_blocks": 0.0, "ready_workers": 2.0}})
+            e.observe(o)
+            r = e.decide(i * 15.0 + 1).roles["prefill"].reason
+        return r.figures["headroom"]
+
+    steady_queue = run(desired=10.0)  # the pool stood as asked: the queue is a burst the plan missed
+    starting = run(desired=14.0)  # replicas were starting: the queue is theirs
+    assert steady_queue > 1.5  # (5 + 3.3) / 5 replicas: the queue's 30-s drain on top of the arrivals
+    assert starting < 1.1

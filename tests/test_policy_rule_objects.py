@@ -28,10 +28,12 @@ def graph(roles: dict | None = None, **kw) -> GraphConfig:
 
 
 def ctx(g: GraphConfig, role: str = "prefill", now: float = 1000.0, current: int = 4, signals=None,
-        role_signals=None, warm_s: float = 90.0, cold_s: float = 390.0, has_warm: bool = False) -> RoleContext:
+        role_signals=None, lead_s: float = 90.0, cold_s: float = 390.0, has_warm: bool = False,
+        warm_s: float = 90.0) -> RoleContext:
     return RoleContext(now=now, role=role, config=g.roles[role], graph=g, profile=g.capacity_profile(),
                        signals=signals or {}, role_signals=role_signals or {}, forecast=None, horizons=HORIZONS,
-                       quantile=0.9, current=current, previous=current, warm_s=warm_s, cold_s=cold_s, has_warm_role=has_warm)
+                       quantile=0.9, current=current, previous=current, lead_s=lead_s, warm_s=warm_s,
+                       cold_s=cold_s, has_warm_role=has_warm)
 
 
 def target(value: int, role: str = "prefill", kind: str = "prefill", figures=None, needs=None) -> Target:
@@ -123,7 +125,7 @@ def test_a_settled_forecast_shortens_the_scale_down_window_but_keeps_what_it_nee
         rule.remember(0.0, 8)
         t = target(3, needs=forecast_needs)
         t.forecast_settled = settled
-        rule.apply(ctx(g, now=100.0, current=8, warm_s=90.0), t)
+        rule.apply(ctx(g, now=100.0, current=8, lead_s=90.0), t)
         return t
 
     assert fall(settled=False, forecast_needs=needs).value == 8  # the HPA's 300 s hold

@@ -7,7 +7,8 @@ how far the need that actually came exceeded what its forecast planned, and size
 - every decision PLANS the need of the coming actuation window [now + lead, now + lead + window]:
   the most the median forecast needs there, at full capacity (the profile's figure at the SLO);
 - as the window passes, the REALISED need is observed (the reactive need at full capacity, its queue
-  included): the window's PEAK, since a burst of a few seconds already breaks TTFT;
+  included, except while replicas asked for are still starting: a queue then is the start-up's, and
+  the arriving demand counts): the window's PEAK, since a burst of a few seconds already breaks TTFT;
 - when the window has passed, the ratio peak / plan (a plan counts as at least one replica) is one
   sample of the forecast's shortfall, weighted by the requests that arrived in the window: the SLO
   counts requests, and a burst is where they are;

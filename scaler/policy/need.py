@@ -3,8 +3,8 @@
 - reactive need: the capacity rule (scaler/capacity.py) on the observed demand, with the profile
   corrected online from observed latency (scaler/correction.py);
 - predictive need: the same rule on the forecast demand at every horizon, capped (forecast_cap.py),
-  and its maximum over [now + lead, now + lead + decision_window], lead = the role's (learned) warm
-  start-up time. By default the demand is the median forecast at full capacity times the calibrated
+  and its maximum over [now + lead, now + lead + decision_window], lead = the start-up time the
+  role's rises take (startup.py's lead). By default the demand is the median forecast at full capacity times the calibrated
   headroom (headroom.py) and the attainment feedback's gain (attainment.py); with
   `forecast.headroom.enabled: false`, the `forecast.quantile` forecast at `target_utilization`;
 - need = the larger: the forecast only ever adds capacity above the reactive need.
@@ -63,10 +63,10 @@ class Need:
         reactive, demand = self._reactive(ctx, u)
         needs = self._predicted(ctx, demand, q, u)
         h = ctx.horizons
-        window = (h >= ctx.warm_s - 1e-9) & (h <= ctx.warm_s + ctx.graph.decision_window + 1e-9)
+        window = (h >= ctx.lead_s - 1e-9) & (h <= ctx.lead_s + ctx.graph.decision_window + 1e-9)
         if not window.any():
             window = h >= h[-1]
-        figures = {**reactive.figures, "reactive_replicas": reactive.replicas, "lead_time_s": ctx.warm_s,
+        figures = {**reactive.figures, "reactive_replicas": reactive.replicas, "lead_time_s": ctx.lead_s,
                    "capacity_correction": self.correction.factor}
         sized_on = f"p{round(q * 100)}"
         # The cap's reference is the need of the ARRIVING demand (a drained backlog is not traffic).
@@ -75,10 +75,11 @@ class Need:
         cap_ref = arriving
         if self.headroom:
             requests = ctx.signals.get("request_rate", 0.0) * self.poll_s
-            self.headroom.observe(ctx.now, reactive.replicas, requests)
+            # While replicas asked for are still starting, a queue is the start-up's, not the forecast's.
+            self.headroom.observe(ctx.now, arriving if _starting(ctx) else reactive.replicas, requests)
             planned = needs[window][np.isfinite(needs[window])]
             if planned.size:
-                self.headroom.plan(ctx.now, ctx.warm_s, ctx.graph.decision_window, float(planned.max()))
+                self.headroom.plan(ctx.now, ctx.lead_s, ctx.graph.decision_window, float(planned.max()))
             self._feedback(ctx, requests)
             gain = self.feedback.gain
             needs = self.headroom.size(needs) * gain
@@ -94,7 +95,7 @@ class Need:
 
         if predictive is not None and predictive > reactive.replicas:
             raw, rule = predictive, Rule.FORECAST
-            message = (f"forecast {sized_on} demand over [now+{ctx.warm_s:.0f}s, "
+            message = (f"forecast {sized_on} demand over [now+{ctx.lead_s:.0f}s, "
                        f"+{ctx.graph.decision_window:.0f}s] needs {predictive:.2f} replicas "
                        f"(observed demand: {reactive.replicas:.2f}, {reactive.term})")
         else:
@@ -117,8 +118,7 @@ class Need:
     def _feedback(self, ctx: RoleContext, requests: float) -> None:
         """This poll's latency verdict, net of what no replica can shorten (attainment.py)."""
         g, slo = ctx.signals, ctx.graph.slo
-        desired, ready = ctx.role_signals.get("desired_replicas"), ctx.ready
-        if desired is not None and ready is not None and ready < desired:
+        if _starting(ctx):
             return  # replicas asked for are still starting: a miss now is the start-up's, not the sizing's
         if ctx.kind == "prefill":
             limit = ttft_limit(slo.ttft_s, g, ctx.profile, self.correction.factor)
@@ -136,13 +136,13 @@ class Need:
                            r.get("ready_workers"))
             # Judged net of the long prompts' own prefill time, which no capacity factor explains.
             limit = ttft_limit(ctx.graph.slo.ttft_s, g, profile, self.correction.factor)
-            self.correction.update(ctx.now, g.get("ttft_p99"), limit, load)
+            self.correction.update(ctx.now, g.get("ttft_p99"), limit, load, r.get("ready_workers"))
         else:
             demand = observed_decode_demand(g, r, profile.decode.kv_tokens)
             need = decode_need(demand, profile.decode, ctx.config.decode, self.correction.factor, u)
             load = load_of(need.figures.get("decode_tokens_per_s"), need.figures.get("tokens_per_s_per_replica"),
                            r.get("ready_workers"))
-            self.correction.update(ctx.now, g.get("itl_p99"), ctx.graph.slo.itl_s, load)
+            self.correction.update(ctx.now, g.get("itl_p99"), ctx.graph.slo.itl_s, load, r.get("ready_workers"))
         return need, demand
 
     def _predicted(self, ctx: RoleContext, demand: PrefillDemand | DecodeDemand, q: float,
@@ -178,6 +178,12 @@ def _decode_needs(forecast: "DemandForecast", q: float, ctx_tokens: float | None
         out[i] = decode_need(DecodeDemand(kt, tr, ctx_tokens), ctx.profile.decode, ctx.config.decode, factor,
                              u).replicas
     return out
+
+
+def _starting(ctx: RoleContext) -> bool:
+    """Replicas asked for (the scale subresource's count) are not all ready yet."""
+    desired, ready = ctx.role_signals.get("desired_replicas"), ctx.ready
+    return desired is not None and ready is not None and ready < desired
 
 
 # What each role kind's reasons show of the forecast.

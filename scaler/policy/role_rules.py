@@ -43,4 +43,5 @@ class RoleRules:
                    stabilisation=Stabilisation(role.stabilisation), step_limit=StepLimit(role.max_step),
                    no_cascade=NoCascade(role.no_cascade), hpa_tolerance=HpaTolerance(graph.hpa_tolerance),
                    never_lower=NeverLowerOnMissingData(),
-                   startup=StartupTracker(role.startup.warm, role.startup.cold_s, role.startup.learn))
+                   startup=StartupTracker(role.startup.warm, role.startup.cold_s, role.startup.learn,
+                                          observed_lead=role.startup.lead == "observed"))

@@ -17,7 +17,7 @@ after a burst compounded x1.5 per poll up to max_replicas):
 - the step is taken from the replicas READY, not from the target: while earlier emergency replicas
   are still starting, a breach that persists asks for no more than ready x (1 + step_ratio);
 - one step at a time: the next only once the last one's replicas had time to start and to serve a
-  latency window (the warm start-up time plus `cooldown`; the p99 lingers for a window after the
+  latency window (the start-up lead plus `cooldown`; the p99 lingers for a window after the
   backlog drains). When the last step was taken is this rule's state, one per role.
 """
 
@@ -103,7 +103,7 @@ class SafetyNet:
         if not breached:
             return
         base = int(ready) if ready is not None else ctx.current
-        wait = ctx.warm_s + net.cooldown
+        wait = ctx.lead_s + net.cooldown
         now = ctx.now
         if self.stepped_at is not None and now - self.stepped_at < wait:
             t.note(Rule.SAFETY_NET, f"{', '.join(breached)}, but the last emergency step "
