@@ -36,7 +36,7 @@ class RoleContext:
     quantile: float  # the forecast quantile decisions size on
     current: int  # the replicas the role stands at: the last target, else the cluster's count
     previous: int | None  # the last target (None before the first decision)
-    lead_s: float  # the start-up time a rise is planned on: what the role's starts take (startup.py)
+    lead_s: float  # the start-up time a rise is planned on (startup.py's lead_s)
     warm_s: float  # the start-up times in use (learned when enabled); a replica released now is back
     cold_s: float  # within warm_s, its node still provisioned (the cluster autoscaler keeps it 10 min)
     has_warm_role: bool  # the graph keeps balloon pods: nodes are warm within the warm start-up time

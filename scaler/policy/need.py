@@ -3,9 +3,10 @@
 - reactive need: the capacity rule (scaler/capacity.py) on the observed demand, with the profile
   corrected online from observed latency (scaler/correction.py);
 - predictive need: the same rule on the forecast demand at every horizon, capped (forecast_cap.py),
-  and its maximum over [now + lead, now + lead + decision_window], lead = the start-up time the
-  role's rises take (startup.py's lead). By default the demand is the median forecast at full capacity times the calibrated
-  headroom (headroom.py) and the attainment feedback's gain (attainment.py); with
+  and its maximum over [now + lead, now + lead + decision_window], lead = the start-up time rises
+  are planned on (startup.py's lead_s). By default the demand is the median forecast at full
+  capacity times the calibrated headroom (headroom.py) and the attainment feedback's gain
+  (attainment.py); with
   `forecast.headroom.enabled: false`, the `forecast.quantile` forecast at `target_utilization`;
 - need = the larger: the forecast only ever adds capacity above the reactive need.
 
