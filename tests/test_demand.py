@@ -60,7 +60,7 @@ def test_the_live_engine_refits_prophet_in_the_background_and_replays_do_not():
     from tests.conftest import make_config
 
     def prophet_models(engine):
-        return [m for f in engine._forecasters.values() for m in f.models.values()]
+        return [m for g in engine.graphs for m in engine._forecaster(g).models.values()]
 
     cfg = make_config(forecast={"model": "prophet"})
     live, replay = prophet_models(Engine(cfg, live=True)), prophet_models(Engine(cfg))

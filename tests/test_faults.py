@@ -106,7 +106,7 @@ def test_a_forecast_model_that_raises_leaves_a_reactive_decision():
 
     cfg = make_config()
     engine = Engine(cfg)
-    models = engine._forecasters["g1"].models
+    models = engine._forecaster("g1").models
 
     def boom(*a, **k):
         raise RuntimeError("model exploded")
