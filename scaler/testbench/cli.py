@@ -99,7 +99,8 @@ def _replay_args(bt, trace_required: bool = True) -> None:
     bt.add_argument("--format", choices=["azure", "mooncake", "rates"], help="trace format (default: detected)")
     bt.add_argument("--series", help="category_model of a rate curve (e.g. language/m-large)")
     bt.add_argument("--rate-scale", type=float, default=1.0, help="multiply the arrival rate (default 1)")
-    bt.add_argument("--profile", help="capacity profile file handed to pdscaler's config")
+    bt.add_argument("--profile", help="capacity profile file handed to pdscaler's config instead of the "
+                    "simulated hardware's")
     bt.add_argument("--config", help="a pdscaler config: its forecast section and first graph's settings and "
                     "roles (matched by kind) apply to the pdscaler policy")
     bt.add_argument("--slo-ttft", type=float, default=0.5, help="TTFT SLO, seconds (default 0.5)")
