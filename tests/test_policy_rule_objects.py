@@ -125,7 +125,7 @@ def test_a_settled_forecast_shortens_the_scale_down_window_but_keeps_what_it_nee
         rule.remember(0.0, 8)
         t = target(3, needs=forecast_needs)
         t.forecast_settled = settled
-        rule.apply(ctx(g, now=100.0, current=8, lead_s=90.0), t)
+        rule.apply(ctx(g, now=100.0, current=8, warm_s=90.0), t)
         return t
 
     assert fall(settled=False, forecast_needs=needs).value == 8  # the HPA's 300 s hold
