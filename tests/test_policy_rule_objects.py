@@ -75,13 +75,13 @@ def test_safety_net_steps_from_ready_once_per_start_up_and_cooldown():
     breach = dict(signals={"queued_requests": 50}, role_signals={"ready_workers": 4})
     t = target(3)
     net.apply(ctx(g, now=1000.0, **breach), t)
-    assert (t.value, t.rule, t.emergency) == (6, Rule.SAFETY_NET, 6)  # 4 ready + 50 %
+    assert (t.value, t.rule, t.emergency) == (6, Rule.SAFETY_NET, True)  # 4 ready + 50 %
     t = target(3)
     net.apply(ctx(g, now=1100.0, current=6, **breach), t)  # 100 s later: the step (90 s + 60 s) is settling
-    assert t.value == 3 and t.emergency is None and "still starting or settling" in t.steps[-1]
+    assert t.value == 3 and not t.emergency and "still starting or settling" in t.steps[-1]
     t = target(3)
     net.apply(ctx(g, now=1151.0, current=6, **breach), t)
-    assert t.value == 6 and t.emergency is None  # asks no more than already asked for: no new step taken
+    assert t.value == 6 and not t.emergency  # asks no more than already asked for: no new step taken
     assert net.stepped_at == 1000.0
     quiet = target(3)
     SafetyNet(g.roles["prefill"].safety_net, g).apply(ctx(g, signals={"queued_requests": 5}), quiet)
@@ -111,7 +111,7 @@ def test_stabilisation_holds_a_fall_for_its_window_but_never_an_emergency():
     assert t.value == 3  # the 8 has left the window
     up = Stabilisation(graph({"prefill": {"kind": "prefill", "stabilisation": {"scale_up": 60}}}).roles["prefill"].stabilisation)
     t = target(9)
-    t.emergency = 9
+    t.emergency = True
     up.apply(ctx(g, now=0.0, current=4), t)
     assert t.value == 9 and t.steps == []
 
@@ -145,30 +145,16 @@ def test_a_settled_forecast_shortens_the_scale_down_window_but_keeps_what_it_nee
     assert t.value == 8  # turned off: always the scale-down window
 
 
-def test_no_cascade_holds_while_replicas_start_all_but_the_safety_nets_step():
+def test_no_cascade_holds_while_replicas_start_unless_an_emergency():
     g = graph()
     starting = dict(current=6, role_signals={"ready_workers": 4})
     t = target(8)
     NoCascade(True).apply(ctx(g, **starting), t)
     assert (t.value, t.rule) == (6, Rule.NO_CASCADE)
     t = target(8)
-    t.emergency = 8
+    t.emergency = True
     NoCascade(True).apply(ctx(g, **starting), t)
     assert t.value == 8
-    # A queue's backlog drain asks for 40, the safety net stepped to 7: the step goes through, the rest
-    # of the queue's need waits for the replicas starting (m-mid: 107 asked where 16 were starting).
-    t = target(40)
-    t.emergency = 7
-    NoCascade(True).apply(ctx(g, **starting), t)
-    assert (t.value, t.rule) == (7, Rule.NO_CASCADE)
-    # The queue's need, spread over the start-up (90 s) instead of backlog_drain (30 s): of a
-    # reactive need of 40 with 4 arriving, 36 are the queue's, 12 of them released.
-    t = target(40, figures={"reactive_replicas": 40.0, "arriving_replicas": 4.0})
-    NoCascade(True).apply(ctx(g, **starting), t)
-    assert (t.value, t.rule) == (16, Rule.NO_CASCADE)
-    t = target(40, "decode", "decode", figures={"reactive_replicas": 40.0, "arriving_replicas": 4.0})
-    NoCascade(True).apply(ctx(g, "decode", **starting), t)
-    assert t.value == 6  # decode has no backlog drain: held at what was asked for
     t = target(8)
     NoCascade(False).apply(ctx(g, **starting), t)
     assert t.value == 8

@@ -58,7 +58,7 @@ def test_no_cascade_while_replicas_start():
     # What the arriving or forecast demand needs without the queue is not held: it is not waiting
     # behind the starting replicas.
     v, note = hold_while_starting(12, desired=6, ready=3, unqueued=9)
-    assert v == 9 and "needs 9" in note
+    assert v == 9 and "without the queue needs 9" in note
     assert hold_while_starting(9, desired=6, ready=3, unqueued=10) == (9, None)
 
 

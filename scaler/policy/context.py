@@ -65,9 +65,7 @@ class Target:
     forecast_needs: np.ndarray | None = None  # predicted replicas per horizon (need.py), for the floors and the warm pool
     forecast_settled: bool = False  # the calibrated headroom rests on its own evidence (stabilisation.py)
     held: bool = False  # held for want of data: no later rule may lower it
-    # The replicas the safety net's step asked for (None: no step): stabilisation does not delay it, and
-    # no-cascade holds nothing below it (the rest of a queue's need still waits for the starting replicas).
-    emergency: int | None = None
+    emergency: bool = False  # the safety net stepped: stabilisation and no-cascade do not delay it
 
     def bind(self, value: int, rule: Rule, note: str) -> None:
         if value != self.value:

@@ -16,10 +16,6 @@ after a burst compounded x1.5 per poll up to max_replicas):
   count;
 - the step is taken from the replicas READY, not from the target: while earlier emergency replicas
   are still starting, a breach that persists asks for no more than ready x (1 + step_ratio);
-- the step is what escapes the no-cascade hold (`Target.emergency`), not the whole need: a queue's
-  backlog drain while replicas start would otherwise ask at once for queue / backlog_drain (m-mid: a
-  morning surge behind 300 s cold starts asked for 107 prefill replicas where 16 were starting and
-  the oracle ran 14; they came up after the queue had drained);
 - one step at a time: the next only once the last one's replicas had time to start and to serve a
   latency window (the start-up lead plus `cooldown`; the p99 lingers for a window after the
   backlog drains). When the last step was taken is this rule's state, one per role.
@@ -117,5 +113,5 @@ class SafetyNet:
         if want > t.value:
             t.bind(want, Rule.SAFETY_NET, "observed " + ", ".join(breached) + f": scale up at once from {base} ready")
         if want > ctx.current:
-            t.emergency = want
+            t.emergency = True
             self.stepped_at = now

@@ -74,5 +74,5 @@ class Stabilisation:
             if keep > v:
                 v = min(ctx.current, keep)
                 note = f"the forecast needs {keep} within {back:.0f}s (start-up + decision window)"
-        if note and t.emergency is None:
+        if note and not t.emergency:
             t.bind(v, Rule.STABILISATION, note)
