@@ -262,3 +262,41 @@ def test_the_loop_warm_starts_a_fleet_in_a_worker_process_and_adopts_the_same_mo
             np.testing.assert_allclose(b.at(name, 0.9), a.at(name, 0.9), rtol=1e-9)
     finally:
         server.shutdown()
+
+
+def test_the_fleet_warm_start_takes_its_workers_and_chunk_from_the_config(monkeypatch, tmp_path):
+    """forecast.warm_start_workers and warm_start_chunk: the worker processes started, the chunks they
+    are handed (round robin); the defaults are the constants they replaced (1 worker, 50 graphs)."""
+    import subprocess
+
+    import scaler.warm_fleet as wf
+    from scaler.config import ForecastConfig
+    from tests.conftest import make_config
+
+    started = []
+
+    class FakeWorker:  # no process: what it would have been told
+        returncode = 0
+
+        def __init__(self, args, **kw) -> None:
+            started.append(pickle.loads(open(args[-2], "rb").read())[1])
+
+        def poll(self):
+            return 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakeWorker)
+    assert (ForecastConfig().warm_start_workers, ForecastConfig().warm_start_chunk) == (1, 50)
+    cfg = make_config(forecast={"warm_start_workers": 2, "warm_start_chunk": 3})
+    graphs = [f"g{i}" for i in range(7)]
+    fleet = wf.FleetWarmStart(cfg, graphs, end=0.0, offset=0.0)
+    try:
+        assert started == [[(0, graphs[0:3]), (2, graphs[6:])], [(1, graphs[3:6])]]
+        assert sorted(fleet.pending) == [0, 1, 2]
+    finally:
+        fleet.close()
+    started.clear()
+    wf.FleetWarmStart(make_config(), graphs, end=0.0, offset=0.0).close()  # the defaults: one worker, one chunk
+    assert started == [[(0, graphs)]]
