@@ -432,13 +432,6 @@ class ForecastConfig(_Model):
     )
     warm_start: Duration = Field(14 * 86400.0, ge=0, description="history fitted at start-up (0 = start cold)")
     warm_start_step: Duration = Field(60.0, gt=0, description="resolution of the warm-start range queries")
-    warm_start_workers: int = Field(
-        1, ge=1, description="worker processes of a fleet's warm start (20 graphs or more from Prometheus, "
-        "scaler/warm_fleet.py); they are niced, but each wants a core"
-    )
-    warm_start_chunk: int = Field(
-        50, ge=1, description="graphs a warm-start worker fits together (one task; ~200 MB of worker RSS at 50)"
-    )
     seed: int = Field(0, description="seed of every model, for reproducible forecasts")
     max_growth: float | None = Field(
         2.0, gt=1, description="a forecast may ask for at most this multiple of the highest observed need of "

@@ -3,9 +3,9 @@
 One graph at a time in the decision loop (scaler/loop.py's `warm_start_graph`), a warm start costs
 about a second of CPU per series (14 days at 1-minute steps), run between polls: for 1,000 graphs x 3
 series the last graphs would forecast cold for almost two hours. For a fleet (at least
-FLEET_MIN_GRAPHS graphs read from Prometheus) the loop instead hands the graphs,
-`forecast.warm_start_chunk` (50) at a time, to `forecast.warm_start_workers` (1) worker processes
-(`python -m scaler.warm_fleet`, niced so that polls and answers keep their CPU), each of which
+FLEET_MIN_GRAPHS graphs read from Prometheus) the loop instead hands the graphs, CHUNK_GRAPHS at a
+time, to WORKERS worker processes (`python -m scaler.warm_fleet`, niced so that polls and answers
+keep their CPU), each of which
 
 1. reads the chunk's history with one batched range query per signal for up to RANGE_BATCH graphs
    (`PrometheusSource.history_many`, the same PromQL the polls batch),
@@ -41,6 +41,8 @@ from scaler.config import ScalerConfig
 log = logging.getLogger("pdscaler.warm_fleet")
 
 FLEET_MIN_GRAPHS = 20  # fewer graphs: warm-started in the loop, one at a time (a batch pays off from ~60 series)
+CHUNK_GRAPHS = 50  # graphs per worker task (150 series fitted together; the worker's RSS ~200 MB)
+WORKERS = 1  # worker processes (one core; the other serves and decides)
 NICE = 5  # the workers' niceness over the decision process's (PDSCALER_WARM_NICE): polls and answers first
 RANGE_TIMEOUT = 60.0  # s: a worker's range query (RANGE_BATCH graphs x 10,000 steps) at least this long
 
@@ -88,15 +90,12 @@ def fit_chunk(config: ScalerConfig, graphs: list[str], end: float, offset: float
 
 
 class FleetWarmStart:
-    """One fleet warm start: `workers` worker processes (`python -m scaler.warm_fleet`; plain
+    """One fleet warm start: WORKERS worker processes (`python -m scaler.warm_fleet`; plain
     subprocesses, since the decision process is itself a daemonic child) fit the chunks, each writing
-    one result file per chunk of `chunk` graphs (default: the config's `forecast.warm_start_workers` and
-    `forecast.warm_start_chunk`); `finished()`, between polls, collects those written so far."""
+    one result file per chunk; `finished()`, between polls, collects those written so far."""
 
     def __init__(self, config: ScalerConfig, graphs: list[str], end: float, offset: float,
-                 workers: int | None = None, chunk: int | None = None) -> None:
-        workers = config.forecast.warm_start_workers if workers is None else workers
-        chunk = config.forecast.warm_start_chunk if chunk is None else chunk
+                 workers: int = WORKERS, chunk: int = CHUNK_GRAPHS) -> None:
         self.started = time.monotonic()
         self.cpu_s = 0.0
         self._dir = tempfile.TemporaryDirectory(prefix="pdscaler-warm-")
