@@ -19,12 +19,6 @@ Health (`healthy()`, for gRPC health and /healthz):
 - no poll completed for `stuck_after`: NOT_SERVING (the liveness probe restarts the pod).
 
 Time is the serving process's Timeline (scaler/clock.py), whose anchor every child shares.
-
-A send of many graphs goes in chunks of at most SEND_CHUNK_GRAPHS graphs (`split`): unpickling one
-message holds the serving process's GIL from start to end (at 1,000 graphs ~2 MB, ~20 ms, in the
-gRPC answers' tail), a chunk a tenth of that. Only the last chunk carries the metrics page,
-`polled_at` and `ready`: the serving process publishes each chunk's decisions as it arrives and
-takes the tick as its latest (`DecisionWorker.tick`) only with the last, after its decisions.
 """
 
 from __future__ import annotations
@@ -66,9 +60,6 @@ def decision_nice() -> int:
         log.warning("PDSCALER_DECISION_NICE=%r is not an integer; the decision process runs at nice +%d",
                     env, DECISION_NICE)
         return DECISION_NICE
-
-
-SEND_CHUNK_GRAPHS = 100  # graphs per message from the decision process (~0.2 MB, ~2 ms to unpickle)
 _gc_frozen = False
 
 
@@ -84,20 +75,6 @@ class Tick:
     metrics: bytes = b""
     polled_at: float | None = None
     ready: bool = False
-    partial: bool = False  # a chunk before a send's last: decisions only (`split`)
-
-
-def split(tick: Tick, size: int = SEND_CHUNK_GRAPHS) -> list[Tick]:
-    """The tick as the messages that send it: chunks of at most `size` graphs' decisions in their
-    order, every one but the last `partial` with only its decisions; the last carries the metrics
-    page, `polled_at` and `ready`. A tick of at most `size` graphs is itself, one message."""
-    size = max(1, size)
-    if len(tick.decisions) <= size:
-        return [tick]
-    items = list(tick.decisions.items())
-    parts = [Tick(at=tick.at, decisions=dict(items[i:i + size]), partial=True)
-             for i in range(0, len(items) - size, size)]
-    return parts + [replace(tick, decisions=dict(items[len(parts) * size:]))]
 
 
 def _child(config: ScalerConfig, conn, log_level: int, anchor: tuple[float, float] | None = None,
@@ -141,8 +118,7 @@ def _child(config: ScalerConfig, conn, log_level: int, anchor: tuple[float, floa
             decisions = {g: replace(d, forecast=None) for g, d in current.items() if sent.get(g) is not d}
             tick = Tick(at=clock.now(), decisions=decisions, metrics=metrics.exposition(),
                         polled_at=loop.last_tick_at if loop.polled else None, ready=loop.ready.is_set())
-        for part in split(tick):
-            conn.send(part)
+        conn.send(tick)
         metrics.observe_stage("send", time.perf_counter() - w0, time.thread_time() - c0)
         return current
 
@@ -364,16 +340,11 @@ class DecisionWorker:
                 if conn is not self._conn:
                     return  # an old child's last words
                 known = {g: d for g, d in tick.decisions.items() if g in self.config.graphs}
-                self.last_decisions = {**self.last_decisions, **known}
-            self.store.publish(known)  # each chunk as it comes: a graph's decision is whole in one
-            if tick.partial:
-                continue
-            with self._lock:  # the tick's ready, polled_at and page only after all its decisions
-                if conn is not self._conn:
-                    return
                 self.tick = tick
+                self.last_decisions = {**self.last_decisions, **known}
                 tell = tick.ready and not self._ready_told
                 self._ready_told = self._ready_told or tick.ready
+            self.store.publish(known)
             if tell:
                 self._changed()
 
